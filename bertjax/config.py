@@ -1,0 +1,234 @@
+"""Typed, nested experiment configs (ml_collections) with strict command-line overrides.
+
+A config file is Python with `get_config()` returning a ConfigDict built on `base_config()`.
+Overrides look like `--config.optim.lr=1e-4`; a misspelled key or a value of the wrong type
+is a `UserError` naming the key, never a silent default.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+from typing import Sequence
+
+import ml_collections
+
+from bertjax.errors import UserError
+
+# name -> (num_layers, hidden_size, num_heads); intermediate = 4 * hidden (BERT's sizes,
+# Turc et al. 2019 for the small ones).
+MODEL_SIZES = {
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "medium": (8, 512, 8),
+    "base": (12, 768, 12),
+    "large": (24, 1024, 16),
+}
+
+
+def model_config(size: str = "mini", vocab_size: int = 30522,
+                 max_position_embeddings: int = 512) -> ml_collections.ConfigDict:
+  """The BERT architecture hyper-parameters (names follow Hugging Face's BertConfig)."""
+  if size not in MODEL_SIZES:
+    raise UserError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}")
+  layers, hidden, heads = MODEL_SIZES[size]
+  c = ml_collections.ConfigDict()
+  c.vocab_size = vocab_size                  # rows of the word-embedding table
+  c.hidden_size = hidden                     # H
+  c.num_hidden_layers = layers               # L
+  c.num_attention_heads = heads              # N; H must divide by N
+  c.intermediate_size = 4 * hidden           # FFN inner width
+  c.hidden_act = "gelu"                      # exact (erf) GELU, as the original BERT
+  c.hidden_dropout_prob = 0.1
+  c.attention_probs_dropout_prob = 0.1
+  c.max_position_embeddings = max_position_embeddings  # longest sequence the model accepts
+  c.type_vocab_size = 2                      # segment A / B
+  c.initializer_range = 0.02                 # truncated-normal stddev
+  c.layer_norm_eps = 1e-12
+  c.dtype = "float32"                        # compute dtype: float32 | bfloat16 (params stay f32)
+  c.fused_qkv = False                        # one [H, 3H] matmul instead of three (same function)
+  c.remat = False                            # recompute layer activations in the backward pass
+  c.attention_impl = "xla"                   # xla | cudnn (jax.nn.dot_product_attention)
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field an experiment may set, with the default and a comment on each."""
+  c = ml_collections.ConfigDict()
+  c.model = model_config("mini")
+
+  c.data = d = ml_collections.ConfigDict()
+  d.corpus = "data/corpus/*.txt"        # glob(s) of text files, comma-separated, or tfds:NAME
+  d.corpus_format = "auto"              # auto | bert (sentence per line) | prose | tfds
+  d.tfds_data_dir = ""                  # TFDS data_dir for tfds: corpora
+  d.tfds_text_field = "text"            # feature holding the document text
+  d.tokenizer = "data/tokenizer/spm.model"  # SentencePiece .model or WordPiece vocab.txt
+  d.do_lower_case = True                # WordPiece only: uncased vocab
+  d.prepared_dir = ""                   # where `bertjax prepare` writes shards ("" = WORKDIR/prepared)
+  d.heldout_fraction = 0.02             # documents held out for evaluation
+  d.max_seq_length = 128                # S
+  d.max_predictions_per_seq = 20        # P: masked positions per sequence (BERT: 20 at S=128)
+  d.masked_lm_prob = 0.15
+  d.short_seq_prob = 0.1
+  d.whole_word_masking = False
+  d.num_workers = 0                     # grain worker processes (0 = in-process)
+  d.seed = 0
+
+  c.optim = o = ml_collections.ConfigDict()
+  o.name = "adamw"                      # adamw | lamb
+  o.learning_rate = 1e-4                # peak learning rate
+  o.schedule = "linear"                 # linear | cosine (after warmup)
+  o.warmup_steps = 100
+  o.end_learning_rate = 0.0
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-6
+  o.weight_decay = 0.01                 # not applied to LayerNorm scales or biases
+  o.clip_norm = 1.0                     # global-norm clipping (0 = off)
+
+  c.train = t = ml_collections.ConfigDict()
+  t.global_batch_size = 32              # sequences per optimizer step, over all devices and hosts
+  t.grad_accum_steps = 1                # micro-batches per step; batch/accum must divide by devices
+  t.num_steps = 1000
+  # Two-phase training as BERT did: steps after `phase2_start` use phase2 shapes (0 = one phase).
+  t.phase2_start = 0
+  t.phase2_max_seq_length = 512
+  t.phase2_max_predictions_per_seq = 80
+  t.phase2_global_batch_size = 0        # 0 = same as phase 1
+  t.seed = 0
+  t.log_every = 10
+  t.eval_every = 200
+  t.eval_batches = 10
+  t.nan_policy = "stop"                 # stop | skip: what a non-finite loss does
+
+  c.mesh = m = ml_collections.ConfigDict()
+  m.data = -1                           # devices on the data axis (-1 = all)
+  m.fsdp = 1                            # reserved: parameter sharding axis
+
+  c.checkpoint = k = ml_collections.ConfigDict()
+  k.every_steps = 200
+  k.keep = 3
+  k.async_save = True
+  k.best_metric = ""                    # e.g. eval_mlm_loss: also keep the best by this metric
+  return c
+
+
+def _parse_value(key: str, text: str, current):
+  """Parse an override value into the type of the field it replaces."""
+  if isinstance(current, bool):
+    low = text.lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise UserError(f"--config.{key}={text}: expected true or false")
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise UserError(f"--config.{key}={text}: expected a {type(current).__name__}") from None
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if current is not None and not isinstance(value, type(current)):
+    raise UserError(f"--config.{key}={text}: expected a {type(current).__name__}, "
+                    f"got a {type(value).__name__}")
+  return value
+
+
+def _all_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in cfg.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      keys += _all_keys(v, prefix + k + ".")
+    else:
+      keys.append(prefix + k)
+  return keys
+
+
+def set_key(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
+  """Set a dotted key from its command-line text; unknown keys are errors with a suggestion."""
+  node = cfg
+  parts = key.split(".")
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      close = difflib.get_close_matches(key, _all_keys(cfg), n=1)
+      hint = f"; did you mean --config.{close[0]}?" if close else ""
+      raise UserError(f"unknown config key --config.{key}{hint}")
+    if i < len(parts) - 1:
+      node = node[part]
+  current = node[parts[-1]]
+  if isinstance(current, ml_collections.ConfigDict):
+    raise UserError(f"--config.{key} is a section; set one of its fields")
+  with node.unlocked():
+    node[parts[-1]] = _parse_value(key, text, current)
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Load `path` (a Python file with get_config()) and apply `key=value` overrides."""
+  if not os.path.isfile(path):
+    raise UserError(f"config file not found: {path}")
+  spec = importlib.util.spec_from_file_location(f"_bertjax_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except UserError:
+    raise
+  except Exception as e:  # a broken config file is the user's to fix: name it
+    raise UserError(f"{path}: failed to load: {type(e).__name__}: {e}") from None
+  if not hasattr(module, "get_config"):
+    raise UserError(f"{path}: defines no get_config()")
+  cfg = module.get_config()
+  check_known_keys(cfg, path)
+  cfg.lock()
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    if not sep:
+      raise UserError(f"override {item!r}: expected --config.KEY=VALUE")
+    set_key(cfg, key.removeprefix("--").removeprefix("config."), text)
+  return cfg
+
+
+def check_known_keys(cfg: ml_collections.ConfigDict, path: str = "config") -> None:
+  """A config file may only set fields that `base_config()` defines (catches typos in files)."""
+  known = set(_all_keys(base_config()))
+  for key in _all_keys(cfg):
+    if key not in known:
+      close = difflib.get_close_matches(key, sorted(known), n=1)
+      hint = f"; did you mean {close[0]}?" if close else ""
+      raise UserError(f"{path}: unknown config key {key}{hint}")
+
+
+def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Cheap consistency checks run before any compilation; each names the field and the fix."""
+  m, d, t = cfg.model, cfg.data, cfg.train
+  if m.hidden_size % m.num_attention_heads:
+    raise UserError(f"model.hidden_size={m.hidden_size} is not divisible by "
+                    f"model.num_attention_heads={m.num_attention_heads}; pick sizes that divide")
+  if m.dtype not in ("float32", "bfloat16"):
+    raise UserError(f"model.dtype={m.dtype!r}: use float32 or bfloat16")
+  seqs = [d.max_seq_length] + ([t.phase2_max_seq_length] if t.phase2_start else [])
+  for s in seqs:
+    if s > m.max_position_embeddings:
+      raise UserError(f"sequence length {s} exceeds model.max_position_embeddings="
+                      f"{m.max_position_embeddings}; lower data.max_seq_length "
+                      f"(or train.phase2_max_seq_length) or raise max_position_embeddings")
+  if d.max_predictions_per_seq > d.max_seq_length:
+    raise UserError("data.max_predictions_per_seq exceeds data.max_seq_length")
+  if t.grad_accum_steps < 1:
+    raise UserError("train.grad_accum_steps must be >= 1")
+  if num_devices:
+    batches = [t.global_batch_size] + ([t.phase2_global_batch_size]
+                                       if t.phase2_start and t.phase2_global_batch_size else [])
+    for b in batches:
+      if b % (num_devices * t.grad_accum_steps):
+        raise UserError(
+            f"train.global_batch_size={b} is not divisible by devices ({num_devices}) x "
+            f"train.grad_accum_steps ({t.grad_accum_steps}); use a multiple of "
+            f"{num_devices * t.grad_accum_steps}")
+  if cfg.optim.name not in ("adamw", "lamb"):
+    raise UserError(f"optim.name={cfg.optim.name!r}: use adamw or lamb")
+  if cfg.optim.schedule not in ("linear", "cosine"):
+    raise UserError(f"optim.schedule={cfg.optim.schedule!r}: use linear or cosine")
