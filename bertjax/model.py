@@ -10,7 +10,8 @@ in float32 (`preferred_element_type`), which is also what makes bf16 fast on AMX
 Softmax and LayerNorm run in float32.
 
 Parameter tree (the names `bertjax.interop` maps to and from Hugging Face's BertModel):
-  embeddings/{word_embeddings, position_embeddings, token_type_embeddings}/embedding, embeddings/LayerNorm
+  embeddings/{word_embeddings, position_embeddings, token_type_embeddings} ([V|max_pos|T, H]),
+  embeddings/LayerNorm/{scale, bias}
   layer_{i}/attention/{query, key, value}/{kernel, bias}
   layer_{i}/{attention_output, intermediate, output}/{kernel, bias}
   layer_{i}/{attention_norm, output_norm}/{scale, bias}

@@ -1,0 +1,162 @@
+"""The bertjax export format ("bundle"): everything fine-tuning needs, in one directory.
+
+  OUT/
+    params.safetensors   the BertForPreTraining params, flat keys joined by '/'
+                         (e.g. bert/layer_0/attention/query/kernel), float32
+    model_config.json    our model ConfigDict (bertjax/config.py: model_config)
+    bundle.json          {"format": "bertjax-bundle", "version": 1, "tokenizer": kind,
+                          "tokenizer_file": name, "do_lower_case": bool, "source": ..., "step": ...}
+    tokenizer/           spm.model (SentencePiece) or vocab.txt (WordPiece), copied
+
+Written atomically (a temp dir renamed into place), so a failed export leaves nothing behind.
+`load_pretrained` reads either a bundle or a Hugging Face BERT directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Iterable
+
+import ml_collections
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from bertjax import interop
+from bertjax.config import model_config
+from bertjax.errors import UserError
+
+FORMAT = "bertjax-bundle"
+VERSION = 1
+PARAMS = "params.safetensors"
+MODEL_CONFIG = "model_config.json"
+BUNDLE = "bundle.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+def is_bundle(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, BUNDLE))
+
+
+def save_bundle(out_dir: str, params, model_cfg, tokenizer_files: Iterable[str],
+                meta: dict | None = None, overwrite: bool = False) -> str:
+  """Write a bundle. meta: extra JSON fields for bundle.json (source, step, do_lower_case...)."""
+  tokenizer_files = [str(p) for p in tokenizer_files]
+  for path in tokenizer_files:
+    if not os.path.isfile(path):
+      raise UserError(f"{path}: tokenizer file not found")
+  kind = interop.tokenizer_kind(tokenizer_files)
+  main = [p for p in tokenizer_files
+          if os.path.basename(p) == "vocab.txt" or p.endswith(".model")]
+  info = {"format": FORMAT, "version": VERSION, "tokenizer": kind,
+          "tokenizer_file": os.path.basename(main[0]) if main else None,
+          "do_lower_case": True, "source": None, "step": None}
+  info.update(meta or {})
+  flat = {"/".join(p): np.ascontiguousarray(np.asarray(v, np.float32))
+          for p, v in interop._flatten(dict(params)).items()}
+  with interop.atomic_dir(out_dir, overwrite) as tmp:
+    save_file(flat, os.path.join(tmp, PARAMS), metadata={"format": FORMAT})
+    with open(os.path.join(tmp, MODEL_CONFIG), "w") as f:
+      f.write(model_cfg.to_json(indent=2, sort_keys=True))
+    with open(os.path.join(tmp, BUNDLE), "w") as f:
+      json.dump(info, f, indent=2)
+    os.makedirs(os.path.join(tmp, TOKENIZER_DIR))
+    for path in tokenizer_files:
+      shutil.copyfile(path, os.path.join(tmp, TOKENIZER_DIR, os.path.basename(path)))
+  return os.path.abspath(out_dir)
+
+
+def _need(path: str) -> str:
+  if not os.path.isfile(path):
+    raise UserError(f"{path}: not found; is {os.path.dirname(path)} a complete bertjax bundle "
+                    f"(bertjax export) ?")
+  return path
+
+
+def _model_config_from_json(path: str) -> ml_collections.ConfigDict:
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path}: invalid JSON: {e}") from None
+  cfg = model_config("mini")  # defaults for fields a bundle from an older bertjax lacks
+  for key, value in data.items():
+    if key not in cfg:
+      raise UserError(f"{path}: unknown model field {key!r}; written by a newer bertjax?")
+    cfg[key] = type(cfg[key])(value) if isinstance(cfg[key], float) else value
+  return cfg
+
+
+def load_bundle(bundle_dir: str):
+  """-> (params tree of float32 numpy arrays, model_cfg, tokenizer_path, meta dict)."""
+  info_path = _need(os.path.join(bundle_dir, BUNDLE))
+  try:
+    with open(info_path) as f:
+      meta = json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f"{info_path}: invalid JSON: {e}") from None
+  if meta.get("format") != FORMAT:
+    raise UserError(f"{info_path}: format={meta.get('format')!r}, expected {FORMAT!r}")
+  if meta.get("version", 0) > VERSION:
+    raise UserError(f"{info_path}: bundle version {meta['version']} is newer than this "
+                    f"bertjax reads ({VERSION}); upgrade bertjax")
+  model_cfg = _model_config_from_json(_need(os.path.join(bundle_dir, MODEL_CONFIG)))
+  params_path = _need(os.path.join(bundle_dir, PARAMS))
+  flat = {}
+  try:
+    with safe_open(params_path, framework="numpy") as f:
+      for name in f.keys():
+        flat[tuple(name.split("/"))] = f.get_tensor(name)
+  except Exception as e:
+    raise UserError(f"{params_path}: cannot read as safetensors: {e}") from None
+  shapes = interop.param_shapes(model_cfg)
+  for path, shape in shapes.items():
+    if path not in flat:
+      raise UserError(f"{params_path}: missing {'/'.join(path)}")
+    if tuple(flat[path].shape) != shape:
+      raise UserError(f"{params_path}: {'/'.join(path)} has shape {tuple(flat[path].shape)}, "
+                      f"{MODEL_CONFIG} implies {shape}")
+  tokenizer_path = None
+  if meta.get("tokenizer_file"):
+    tokenizer_path = _need(os.path.join(bundle_dir, TOKENIZER_DIR, meta["tokenizer_file"]))
+  return interop._unflatten(flat), model_cfg, tokenizer_path, meta
+
+
+def _hf_tokenizer(hf_dir: str) -> str:
+  for name in ("vocab.txt", "spm.model"):
+    path = os.path.join(hf_dir, name)
+    if os.path.isfile(path):
+      return path
+  raise UserError(f"{os.path.join(hf_dir, 'vocab.txt')}: not found (nor spm.model); bertjax "
+                  f"needs the checkpoint's tokenizer vocabulary")
+
+
+def load_pretrained(path: str):
+  """A bertjax bundle or a Hugging Face BERT directory -> (params, model_cfg, tokenizer_path)."""
+  if not os.path.isdir(path):
+    raise UserError(f"{path}: not a directory; pass a bertjax bundle (bertjax export) or a "
+                    f"Hugging Face BERT directory")
+  if is_bundle(path):
+    params, model_cfg, tokenizer_path, _ = load_bundle(path)
+    if tokenizer_path is None:
+      raise UserError(f"{os.path.join(path, BUNDLE)}: the bundle has no tokenizer")
+    return params, model_cfg, tokenizer_path
+  if os.path.isfile(os.path.join(path, interop.CONFIG)):
+    tokenizer_path = _hf_tokenizer(path)
+    params, model_cfg, _ = interop.load_hf(path)
+    return params, model_cfg, tokenizer_path
+  raise UserError(f"{path}: neither {BUNDLE} (bertjax bundle) nor {interop.CONFIG} (Hugging "
+                  f"Face) found")
+
+
+def hf_do_lower_case(hf_dir: str, default: bool = True) -> bool:
+  """do_lower_case from an HF directory's tokenizer_config.json (BERT's default: True)."""
+  path = os.path.join(hf_dir, "tokenizer_config.json")
+  if os.path.isfile(path):
+    try:
+      with open(path) as f:
+        return bool(json.load(f).get("do_lower_case", default))
+    except json.JSONDecodeError:
+      return default
+  return default

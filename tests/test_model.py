@@ -1,0 +1,150 @@
+"""The BERT model: shapes, padding, bf16, fused QKV, masked-position MLM, parameter counts."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bertjax.config import model_config
+from bertjax.model import BertEncoder, BertForPreTraining
+
+B, S, P = 3, 16, 4
+
+
+def small_cfg(**kw):
+  c = model_config("tiny", vocab_size=97, max_position_embeddings=32)
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def batch():
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, 97, size=(B, S)).astype(np.int32)
+  lengths = np.array([S, 11, 6])
+  mask = (np.arange(S)[None] < lengths[:, None]).astype(np.int32)        # [B, S]
+  seg = ((np.arange(S)[None] >= lengths[:, None] // 2) & (mask > 0)).astype(np.int32)
+  ids = np.where(mask > 0, ids, 0)
+  pos = np.stack([rng.choice(int(n), P, replace=False) for n in lengths]).astype(np.int32)
+  return dict(ids=jnp.asarray(ids), seg=jnp.asarray(seg), mask=jnp.asarray(mask),
+              pos=jnp.asarray(pos), lengths=lengths)
+
+
+@pytest.fixture(scope="module")
+def params(batch):
+  model = BertForPreTraining(small_cfg())
+  return model.init(jax.random.PRNGKey(0), batch["ids"], batch["seg"], batch["mask"],
+                    batch["pos"])["params"]
+
+
+def run_pretraining(cfg, params, batch, positions):
+  return BertForPreTraining(cfg).apply({"params": params}, batch["ids"], batch["seg"],
+                                       batch["mask"], positions)
+
+
+def test_shapes(params, batch):
+  cfg = small_cfg()
+  mlm, nsp = run_pretraining(cfg, params, batch, batch["pos"])
+  assert mlm.shape == (B, P, cfg.vocab_size) and mlm.dtype == jnp.float32
+  assert nsp.shape == (B, 2) and nsp.dtype == jnp.float32
+  seq, pooled, hidden = BertEncoder(cfg).apply(
+      {"params": params["bert"]}, batch["ids"], batch["seg"], batch["mask"],
+      output_hidden_states=True)
+  assert seq.shape == (B, S, cfg.hidden_size) and pooled.shape == (B, cfg.hidden_size)
+  assert len(hidden) == cfg.num_hidden_layers + 1
+  np.testing.assert_array_equal(hidden[-1], seq)
+  # The MLM decoder is tied: there is no separate [H, V] kernel.
+  assert params["mlm_output_bias"].shape == (cfg.vocab_size,)
+  assert "decoder" not in params
+
+
+def test_padding_does_not_leak(params, batch):
+  """What sits in padded positions must not change the outputs at real positions."""
+  cfg = small_cfg()
+  enc = BertEncoder(cfg)
+  seq, pooled = enc.apply({"params": params["bert"]}, batch["ids"], batch["seg"], batch["mask"])
+  noisy = jnp.where(batch["mask"] > 0, batch["ids"], 42)
+  seq2, pooled2 = enc.apply({"params": params["bert"]}, noisy, batch["seg"], batch["mask"])
+  real = np.asarray(batch["mask"]) > 0
+  np.testing.assert_allclose(np.asarray(seq)[real], np.asarray(seq2)[real], atol=1e-6)
+  np.testing.assert_allclose(pooled, pooled2, atol=1e-6)
+  # ...while without the mask the padding does change them (the test can fail).
+  seq3, _ = enc.apply({"params": params["bert"]}, noisy, batch["seg"], None)
+  assert np.abs(np.asarray(seq3)[real] - np.asarray(seq)[real]).max() > 1e-3
+
+
+def test_masked_positions_equal_full_logits_gathered(params, batch):
+  cfg = small_cfg()
+  masked, nsp = run_pretraining(cfg, params, batch, batch["pos"])     # [B, P, V]
+  full, nsp_full = run_pretraining(cfg, params, batch, None)          # [B, S, V]
+  gathered = jnp.take_along_axis(full, batch["pos"][..., None], axis=1)
+  np.testing.assert_allclose(masked, gathered, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(nsp, nsp_full, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_qkv_is_the_same_function(params, batch):
+  a = run_pretraining(small_cfg(), params, batch, batch["pos"])
+  b = run_pretraining(small_cfg(fused_qkv=True), params, batch, batch["pos"])
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_remat_is_the_same_function(params, batch):
+  a = run_pretraining(small_cfg(), params, batch, batch["pos"])
+  b = run_pretraining(small_cfg(remat=True), params, batch, batch["pos"])
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_close_to_f32(params, batch):
+  enc32 = BertEncoder(small_cfg())
+  enc16 = BertEncoder(small_cfg(dtype="bfloat16"))
+  s32, p32 = enc32.apply({"params": params["bert"]}, batch["ids"], batch["seg"], batch["mask"])
+  s16, p16 = enc16.apply({"params": params["bert"]}, batch["ids"], batch["seg"], batch["mask"])
+  assert s16.dtype == jnp.bfloat16 and s32.dtype == jnp.float32
+  real = np.asarray(batch["mask"]) > 0
+  err = np.abs(np.asarray(s16, np.float32) - np.asarray(s32))[real]
+  # LayerNorm outputs are O(1); bf16 has ~3 significant digits.
+  assert err.max() < 0.1 and err.mean() < 0.02, (err.max(), err.mean())
+  assert err.max() > 0  # really computed in bf16
+  np.testing.assert_allclose(np.asarray(p16, np.float32), p32, atol=0.05)
+  mlm16, nsp16 = run_pretraining(small_cfg(dtype="bfloat16"), params, batch, batch["pos"])
+  mlm32, nsp32 = run_pretraining(small_cfg(), params, batch, batch["pos"])
+  assert mlm16.dtype == jnp.float32  # logits always f32 (stable softmax)
+  np.testing.assert_allclose(mlm16, mlm32, atol=0.1)
+
+
+def test_dropout_only_in_training(params, batch):
+  cfg = small_cfg()
+  enc = BertEncoder(cfg)
+  args = ({"params": params["bert"]}, batch["ids"], batch["seg"], batch["mask"])
+  a, _ = enc.apply(*args, deterministic=True)
+  b, _ = enc.apply(*args, deterministic=True)
+  c, _ = enc.apply(*args, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3
+
+
+def count_params(module, *args):
+  tree = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("size, exact, published", [
+    # Exact BertModel counts (embeddings + encoder + pooler) of bert-base/large-uncased as
+    # transformers reports them; the papers round them to 110M / 340M.
+    ("base", 109_482_240, 110e6),
+    ("large", 335_141_888, 340e6),
+])
+def test_parameter_counts(size, exact, published):
+  cfg = model_config(size, vocab_size=30522, max_position_embeddings=512)
+  ids = jnp.zeros((1, 2), jnp.int32)
+  n = count_params(BertEncoder(cfg), ids)
+  assert n == exact
+  assert abs(n - published) / published < 0.015
+  # The pretraining heads add the MLM transform + LayerNorm + output bias and the NSP layer.
+  h, v = cfg.hidden_size, cfg.vocab_size
+  heads = (h * h + h) + 2 * h + v + (2 * h + 2)
+  assert count_params(BertForPreTraining(cfg), ids, ids, ids, None) == exact + heads
