@@ -556,7 +556,7 @@ def restore_params(workdir: str, step: Optional[int] = None, sharding=None):
 
 
 def export_bundle(workdir: str, out_dir: str, step: Optional[int] = None,
-                  fmt: str = "bertjax") -> str:
+                  fmt: str = "bertjax", overwrite: bool = False) -> str:
   """Write a params-only bundle (weights, model config, tokenizer) for fine-tuning.
 
   fmt="bertjax": `bertjax.bundle.save_bundle` layout; fmt="hf": Hugging Face BertForPreTraining
@@ -584,16 +584,18 @@ def export_bundle(workdir: str, out_dir: str, step: Optional[int] = None,
       raise UserError(f"{workdir}: the tokenizer of step {step} is not in "
                       f"{os.path.join(root, TOKENIZER_DIR)} nor at {original}; "
                       f"copy it back to {original}")
-  bundle_meta = {"source": os.path.abspath(workdir), "step": step,
-                 "bertjax_version": meta.get("bertjax_version"), "tokenizer": tok,
-                 "data": cfg.get("data")}
+  lower = _get(cfg, "data.do_lower_case")
+  lower = lower if isinstance(lower, bool) else True
+  bundle_meta = {"source": os.path.abspath(workdir), "step": step, "do_lower_case": lower,
+                 "bertjax_version": meta.get("bertjax_version"),
+                 "tokenizer_sha256": tok.get("sha256")}
   if fmt == "bertjax":
     from bertjax import bundle
-    bundle.save_bundle(out_dir, params, model_cfg, files, meta=bundle_meta)
+    bundle.save_bundle(out_dir, params, model_cfg, files, meta=bundle_meta, overwrite=overwrite)
   else:
     from bertjax import interop
-    interop.save_hf(params, model_cfg, out_dir, files)
-  return out_dir
+    interop.save_hf(params, model_cfg, out_dir, files, do_lower_case=lower, overwrite=overwrite)
+  return os.path.abspath(out_dir)
 
 
 # ------------------------------------------------------------------------------- preemption
