@@ -102,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.eval_every = 200
   t.eval_batches = 10
   t.nan_policy = "stop"                 # stop | skip: what a non-finite loss does
+  t.peak_tflops = 0.0                   # per-device peak for MFU (0 = known TPUs/GPUs only)
 
   c.mesh = m = ml_collections.ConfigDict()
   m.data = -1                           # devices on the data axis (-1 = all)

@@ -1,0 +1,77 @@
+"""Optimizers and learning-rate schedules (optax).
+
+BERT's recipe: AdamW with beta2 0.999, eps 1e-6, weight decay 0.01 on every weight except
+LayerNorm scales and biases, linear warmup then linear decay to `end_learning_rate`; LAMB
+(You et al., 2019) for large batches; gradients clipped by global norm first.
+
+Frozen parameters (a task's `frozen(path)`) are routed to `optax.set_to_zero()` with
+`optax.multi_transform`: they get no Adam moments (no optimizer memory) and never change.
+Clipping sits inside the trainable branch, so the clipping norm covers trainable leaves only.
+Note: optax's AdamW applies Adam's bias correction (as Hugging Face's AdamW does; the original
+TF BERT optimizer did not) -- with warmup the difference vanishes after a few hundred steps.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import optax
+
+
+def make_schedule(ocfg, num_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to `learning_rate`, then linear or cosine decay to `end_learning_rate`
+  at `num_steps`."""
+  peak, end = ocfg.learning_rate, ocfg.end_learning_rate
+  warmup = min(ocfg.warmup_steps, max(num_steps - 1, 0))
+  decay_steps = max(num_steps - warmup, 1)
+  if ocfg.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0.0)
+  else:
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def _leaf_name(path) -> str:
+  last = path[-1]
+  return str(getattr(last, "key", getattr(last, "name", last)))
+
+
+def decay_mask(params):
+  """True where weight decay applies: not LayerNorm scales, not biases (incl. mlm_output_bias)."""
+  def decays(path, _):
+    name = _leaf_name(path)
+    return not (name == "scale" or name.endswith("bias"))
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def path_keys(path) -> tuple:
+  """A jax key path as a tuple of plain strings, e.g. ('bert', 'layer_0', 'output', 'kernel')."""
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def frozen_labels(params, frozen: Callable[[tuple], bool]):
+  """'frozen' / 'train' label per leaf from a predicate on the leaf's path tuple."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: "frozen" if frozen(path_keys(p)) else "train", params)
+
+
+def make_optimizer(ocfg, num_steps: int,
+                   frozen: Optional[Callable[[tuple], bool]] = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax chain for `ocfg` (config.optim) and its schedule (for logging the lr)."""
+  schedule = make_schedule(ocfg, num_steps)
+  if ocfg.name == "lamb":
+    opt = optax.lamb(schedule, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps,
+                     weight_decay=ocfg.weight_decay, mask=decay_mask)
+  elif ocfg.name == "adamw":
+    opt = optax.adamw(schedule, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps,
+                      weight_decay=ocfg.weight_decay, mask=decay_mask)
+  else:
+    raise ValueError(f"optim.name={ocfg.name!r}")
+  tx = optax.chain(optax.clip_by_global_norm(ocfg.clip_norm), opt) if ocfg.clip_norm > 0 else opt
+  if frozen is not None:
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda params: frozen_labels(params, frozen))
+  return tx, schedule

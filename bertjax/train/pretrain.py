@@ -1,0 +1,293 @@
+"""Pretraining as a TrainTask: BertForPreTraining (MLM + NSP) on the prepared corpus.
+
+`run_pretraining(cfg, workdir)` is what `bertjax pretrain` does: check paths, prepare the corpus
+once (WORKDIR/prepared unless data.prepared_dir), build the task, run the one trainer
+(bertjax.train.loop), export a fine-tuning bundle to WORKDIR/export, print the summary.
+
+For benchmarks and AOT compiles without data: `pretrain_task(cfg, synthetic=True)` feeds
+random batches of the configured shapes, and `batch_spec(cfg, phase)` gives the global shapes.
+
+model.vocab_size comes from the tokenizer: the base default (30522) is replaced by the
+tokenizer's size; an explicit larger value is kept (padded vocabulary, e.g. a multiple of 128
+for faster matmuls); a smaller one is an error.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bertjax import config as config_lib
+from bertjax.errors import UserError
+from bertjax.losses import pretraining_denominators, pretraining_sums
+from bertjax.model import BertForPreTraining
+from bertjax.train import metrics as mlib
+from bertjax.train.task import TrainTask
+
+DEFAULT_VOCAB = 30522
+FIELDS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+          "masked_lm_weights", "next_sentence_labels")
+
+
+def phase_shapes(cfg, phase: int) -> tuple[int, int, int]:
+  """(global batch B, sequence S, predictions P) of phase 0 or 1."""
+  d, t = cfg.data, cfg.train
+  if phase == 0:
+    return t.global_batch_size, d.max_seq_length, d.max_predictions_per_seq
+  return (t.phase2_global_batch_size or t.global_batch_size, t.phase2_max_seq_length,
+          t.phase2_max_predictions_per_seq)
+
+
+def batch_spec(cfg, phase: int = 0, batch: Optional[int] = None) -> dict:
+  """ShapeDtypeStructs of a (global, unless `batch`) pretraining batch."""
+  b, s, p = phase_shapes(cfg, phase)
+  b = batch or b
+  i32, f32 = jnp.int32, jnp.float32
+  return {"input_ids": jax.ShapeDtypeStruct((b, s), i32),
+          "input_mask": jax.ShapeDtypeStruct((b, s), i32),
+          "segment_ids": jax.ShapeDtypeStruct((b, s), i32),
+          "masked_lm_positions": jax.ShapeDtypeStruct((b, p), i32),
+          "masked_lm_ids": jax.ShapeDtypeStruct((b, p), i32),
+          "masked_lm_weights": jax.ShapeDtypeStruct((b, p), f32),
+          "next_sentence_labels": jax.ShapeDtypeStruct((b,), i32)}
+
+
+class SyntheticIterator:
+  """Random pretraining batches, a pure function of (seed, batch index): same global batch for
+  any process count, each process yielding its own rows. get_state/set_state like grain's."""
+
+  def __init__(self, cfg, phase: int = 0, seed: int = 0, process_index: int = 0,
+               process_count: int = 1):
+    self.b, self.s, self.p = phase_shapes(cfg, phase)
+    self.vocab = cfg.model.vocab_size
+    self.seed, self.pi, self.pc, self.n = seed, process_index, process_count, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    rng = np.random.default_rng([self.seed, self.n])
+    self.n += 1
+    b, s, p = self.b, self.s, self.p
+    lengths = rng.integers(s // 2, s + 1, size=b)                               # [B]
+    pos = np.arange(s)
+    mask = (pos[None, :] < lengths[:, None]).astype(np.int32)                   # [B, S]
+    ids = rng.integers(5, self.vocab, size=(b, s)).astype(np.int32) * mask      # [B, S]
+    seg = ((pos[None, :] >= (lengths // 2)[:, None]) & (mask > 0)).astype(np.int32)
+    n_pred = np.minimum(rng.integers(1, p + 1, size=b), lengths - 1)            # [B]
+    positions = np.zeros((b, p), np.int32)
+    weights = np.zeros((b, p), np.float32)
+    for r in range(b):
+      chosen = np.sort(rng.choice(np.arange(1, lengths[r]), size=n_pred[r], replace=False))
+      positions[r, :n_pred[r]] = chosen
+      weights[r, :n_pred[r]] = 1.0
+    labels = np.where(weights > 0, rng.integers(5, self.vocab, size=(b, p)), 0).astype(np.int32)
+    batch = {"input_ids": ids, "input_mask": mask, "segment_ids": seg,
+             "masked_lm_positions": positions, "masked_lm_ids": labels,
+             "masked_lm_weights": weights,
+             "next_sentence_labels": rng.integers(0, 2, size=b).astype(np.int32)}
+    rows = slice(self.pi * b // self.pc, (self.pi + 1) * b // self.pc)
+    return {k: v[rows] for k, v in batch.items()}
+
+  def get_state(self) -> dict:
+    return {"batches_read": self.n}
+
+  def set_state(self, state: dict) -> None:
+    self.n = int(state["batches_read"])
+
+
+def make_loss_fn(model):
+  """(params, batch, dropout_rng | None, denominators=None) -> (loss, metric sums)."""
+
+  def loss_fn(params, batch, rng, denominators=None):
+    mlm_logits, nsp_logits = model.apply(
+        {"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+        batch["masked_lm_positions"], deterministic=rng is None,
+        rngs={"dropout": rng} if rng is not None else {})        # [B, P, V], [B, 2]
+    sums = pretraining_sums(mlm_logits, nsp_logits, batch)
+    den = denominators if denominators is not None else pretraining_denominators(batch)
+    loss = (sums["mlm_loss"] / jnp.maximum(den["mlm"], 1e-9)
+            + sums["nsp_loss"] / jnp.maximum(den["nsp"], 1e-9))
+    return loss, sums
+
+  return loss_fn
+
+
+def _check_paths(cfg) -> None:
+  d = cfg.data
+  if not os.path.isfile(d.tokenizer):
+    raise UserError(f"data.tokenizer={d.tokenizer}: file not found; point it at a SentencePiece "
+                    f".model or WordPiece vocab.txt (bertjax tokenizer trains one)")
+  if not d.corpus.startswith("tfds:"):
+    missing = [g for g in d.corpus.split(",") if g.strip() and not glob.glob(g.strip())]
+    if missing:
+      raise UserError(f"data.corpus={d.corpus}: no file matches {missing[0]!r}; set "
+                      f"--config.data.corpus to a glob of text files (run from the repository "
+                      f"root for the bundled data/corpus)")
+
+
+def set_vocab_from_tokenizer(cfg, vocab_size: int) -> None:
+  m = cfg.model
+  if m.vocab_size == DEFAULT_VOCAB and vocab_size != DEFAULT_VOCAB:
+    m.vocab_size = vocab_size
+  elif m.vocab_size < vocab_size:
+    raise UserError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's "
+                    f"{vocab_size} tokens ({cfg.data.tokenizer}); remove the override (pretraining "
+                    f"takes it from the tokenizer) or set it >= {vocab_size}")
+
+
+def _warm_start(path: str):
+  """--init-from PATH -> load_pretrained(fresh params) -> params (a workdir, checkpoint, bundle
+  or Hugging Face directory). Leaves absent from PATH keep their fresh values."""
+  from bertjax import bundle, checkpoint
+  if os.path.isdir(os.path.join(path, checkpoint.CHECKPOINT_DIR)) or os.path.isdir(
+      os.path.join(path, "state")):
+    loaded, _, _ = checkpoint.restore_params(path)
+  else:
+    loaded, _, _ = bundle.load_pretrained(path)
+  loaded = jax.tree_util.tree_map(np.asarray, loaded)
+
+  def load(fresh):
+    flat_loaded = {jax.tree_util.keystr(p): v for p, v in
+                   jax.tree_util.tree_flatten_with_path(loaded)[0]}
+    bad = []
+
+    def pick(p, x):
+      v = flat_loaded.get(jax.tree_util.keystr(p))
+      if v is None:
+        return x
+      if v.shape != x.shape:
+        bad.append(f"{jax.tree_util.keystr(p)} {v.shape} vs {x.shape}")
+        return x
+      return v.astype(x.dtype)
+    out = jax.tree_util.tree_map_with_path(pick, fresh)
+    if bad:
+      raise UserError(f"--init-from {path}: shapes differ from the configured model ({bad[0]}"
+                      f"{' and more' if len(bad) > 1 else ''}); use the model config it was "
+                      f"trained with")
+    return out
+  return load
+
+
+def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
+                  init_from: str = "") -> TrainTask:
+  """The pretraining TrainTask. Real data: checks paths, sets model.vocab_size from the
+  tokenizer and prepares the corpus (idempotent) before anything compiles."""
+  d, t = cfg.data, cfg.train
+  pi, pc = jax.process_index(), jax.process_count()
+  tok_identity = None
+  if synthetic:
+    train_iter = SyntheticIterator(cfg, 0, t.seed, pi, pc)
+    phase2 = lambda: SyntheticIterator(cfg, 1, t.seed + 1, pi, pc)
+    eval_batches = lambda: [next(SyntheticIterator(cfg, 0, t.seed + 2, pi, pc))
+                            for _ in range(t.eval_batches)]
+  else:
+    from bertjax.data.pipeline import make_pretrain_iterator
+    from bertjax.data.prepare import prepare_corpus
+    from bertjax.data.tokenizer import load_tokenizer
+    _check_paths(cfg)
+    tok = load_tokenizer(d.tokenizer, d.do_lower_case)
+    set_vocab_from_tokenizer(cfg, tok.vocab_size)
+    tok_identity = tok.identity()
+    prepared = d.prepared_dir or os.path.join(workdir, "prepared")
+    prepare_corpus(d, prepared, num_workers=d.num_workers)
+
+    def iterator(split, phase, seed, num_epochs=None):
+      b, s, p = phase_shapes(cfg, phase)
+      return make_pretrain_iterator(
+          prepared, split, global_batch_size=b, max_seq_length=s, max_predictions_per_seq=p,
+          masked_lm_prob=d.masked_lm_prob, short_seq_prob=d.short_seq_prob,
+          whole_word_masking=d.whole_word_masking, seed=seed, process_index=pi,
+          process_count=pc, num_workers=d.num_workers, num_epochs=num_epochs)
+
+    train_iter = iterator("train", 0, d.seed)
+    phase2 = lambda: iterator("train", 1, d.seed + 1)
+
+    def eval_batches():
+      it = iterator("heldout", 0, d.seed + 2)
+      out = []
+      for _ in range(t.eval_batches):
+        try:
+          out.append(next(it))
+        except StopIteration:
+          break
+      return out
+
+  model = BertForPreTraining(cfg.model)
+  loss_fn = make_loss_fn(model)
+
+  def init_params(rng, batch):
+    return model.init(rng, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+                      batch["masked_lm_positions"], deterministic=True)["params"]
+
+  def eval_metrics_fn(params, batch):
+    return loss_fn(params, batch, None)[1]
+
+  def flops(shapes):
+    b, s = shapes["input_ids"]
+    return mlib.bert_pretraining_flops(cfg.model, b, s, shapes["masked_lm_positions"][1])
+
+  return TrainTask(
+      name="pretrain", model=model, init_params=init_params, loss_fn=loss_fn,
+      train_iter=train_iter, loss_denominators=pretraining_denominators,
+      eval_batches=eval_batches, eval_metrics_fn=eval_metrics_fn,
+      make_phase2_iter=phase2 if t.phase2_start else None, flops_per_step=flops,
+      load_pretrained=_warm_start(init_from) if init_from else None,
+      tokenizer_identity=tok_identity)
+
+
+def _fmt_time(s: float) -> str:
+  return f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+def format_summary(summary: dict, export_dir: Optional[str]) -> str:
+  tr, ev = summary["train"], summary["eval"]
+  lines = [f"Pretraining {'stopped' if summary['stopped'] else 'finished'}: "
+           f"{summary['steps']}/{summary['num_steps']} steps in {_fmt_time(summary['wall_s'])} "
+           f"({summary['devices']} devices, {summary['processes']} process"
+           f"{'es' if summary['processes'] > 1 else ''})"]
+  if summary["stopped"]:
+    lines.append(f"  stopped by {summary['stopped']}; run the same command again to resume")
+  if tr:
+    lines.append(f"  train     loss {tr['loss']:.3f}  MLM acc {tr.get('mlm_acc', 0):.3f}  "
+                 f"NSP acc {tr.get('nsp_acc', 0):.3f}  ({tr.get('seq_per_s', 0):.1f} seq/s)")
+  if ev:
+    lines.append(f"  held-out  MLM loss {ev.get('eval_mlm_loss', float('nan')):.3f}  "
+                 f"MLM acc {ev.get('eval_mlm_acc', float('nan')):.3f}  "
+                 f"NSP loss {ev.get('eval_nsp_loss', float('nan')):.3f}  "
+                 f"NSP acc {ev.get('eval_nsp_acc', float('nan')):.3f}")
+  lines.append(f"  checkpoint  {summary['checkpoint']}")
+  if export_dir:
+    lines.append(f"  exported    {export_dir}  (fine-tune: --init-from {export_dir})")
+  lines.append(f"  metrics     {summary['metrics']}")
+  if summary["curves"]:
+    lines.append(f"  curves      {summary['curves']}")
+  lines.append(f"  tensorboard --logdir {os.path.join(summary['workdir'], 'tb')}")
+  return "\n".join(lines)
+
+
+def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool = False,
+                    export: bool = True, progress: bool = True) -> dict:
+  """`bertjax pretrain`: prepare, train (resuming), export, summarise. Returns the summary."""
+  from bertjax import checkpoint
+  from bertjax.train.loop import train
+  task = pretrain_task(cfg, workdir, synthetic=synthetic, init_from=init_from)
+  summary = train(task, cfg, workdir, progress=progress)
+  export_dir = None
+  if export and not summary["stopped"] and not synthetic:
+    export_dir = os.path.join(os.path.abspath(workdir), "export")
+    if jax.process_index() == 0:
+      checkpoint.export_bundle(workdir, export_dir, step=summary["steps"])
+  summary["export"] = export_dir
+  if jax.process_index() == 0:
+    print(format_summary(summary, export_dir), flush=True)
+  return summary
+
+
+def check_config(cfg, num_devices: int) -> None:
+  """All config checks that need no data (used by the CLI before anything else)."""
+  config_lib.validate(cfg, num_devices)
