@@ -14,11 +14,10 @@ from bertjax.errors import UserError
 
 def import_hf(hf_dir: str, out_dir: str, seed: int = 0, overwrite: bool = False):
   """HF BERT directory -> bertjax bundle. Returns (bundle path, names initialised fresh)."""
-  tokenizer = bundle._hf_tokenizer(hf_dir)
-  files = [tokenizer]
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the CLI prints the fresh heads itself
     params, model_cfg, fresh = interop.load_hf(hf_dir, seed=seed)
+  files = [bundle._hf_tokenizer(hf_dir)]
   meta = {"source": f"hf:{os.path.abspath(hf_dir)}", "step": None,
           "do_lower_case": bundle.hf_do_lower_case(hf_dir), "fresh": fresh}
   path = bundle.save_bundle(out_dir, params, model_cfg, files, meta, overwrite=overwrite)

@@ -434,3 +434,27 @@ def test_bundle_errors_and_atomic_write(tiny_hf, tmp_path, monkeypatch):
     bundle.load_pretrained(str(tmp_path))
   with pytest.raises(UserError, match="tokenizer file not found"):
     bundle.save_bundle(str(tmp_path / "d"), params, cfg, [str(tmp_path / "nope.txt")])
+
+
+def test_sentencepiece_tokenizer_is_carried(tiny_hf, tmp_path, transformers):
+  spm = pytest.importorskip("sentencepiece")
+  path, params, cfg = tiny_hf
+  text = ["the cat sat on the mat", "a dog ran in the park", "birds sing in the morning"] * 20
+  model_file = tmp_path / "spm.model"
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(text), model_prefix=str(tmp_path / "spm"), vocab_size=24,
+      model_type="unigram", pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
+      user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], minloglevel=2)
+  assert model_file.is_file()
+  out = tmp_path / "hf_spm"
+  interop.save_hf(params, cfg, str(out), [str(model_file)])
+  assert (out / "spm.model").read_bytes() == model_file.read_bytes()
+  assert "spm.model" in (out / "README.md").read_text()
+  assert not (out / "tokenizer_config.json").exists()  # no HF BERT class for SentencePiece
+  assert transformers.BertConfig.from_pretrained(str(out)).pad_token_id == 0
+  # HF dirs with spm.model and bundles with it both load for fine-tuning.
+  _, _, tok = bundle.load_pretrained(str(out))
+  assert os.path.basename(tok) == "spm.model"
+  bundle.save_bundle(str(tmp_path / "b"), params, cfg, [str(model_file)])
+  _, _, tok, meta = bundle.load_bundle(str(tmp_path / "b"))
+  assert meta["tokenizer"] == "sentencepiece" and tok.endswith("tokenizer/spm.model")
