@@ -1,0 +1,209 @@
+"""`bertjax prepare`: tokenise a corpus once into ArrayRecord shards + manifest.json.
+
+Work is split into tasks (a file, or a range of TFDS examples), tokenised in parallel worker
+processes (spawned, so a parent that imported JAX is safe) and written in task order, so the
+output does not depend on the number of workers. Memory holds one task's documents per worker.
+
+Each document goes to `heldout` when a hash of (seed, its token ids) falls below
+data.heldout_fraction: deterministic, independent of file order, and identical duplicate
+documents never straddle the split.
+
+Re-running with the same inputs (paths, sizes, mtimes), tokenizer and settings returns the
+existing manifest without work; anything else rewrites the directory's shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+import warnings
+
+import numpy as np
+
+from bertjax.data import corpus, shards
+from bertjax.data.tokenizer import load_tokenizer
+from bertjax.errors import UserError
+
+FORMAT_VERSION = 1
+TFDS_TASK_EXAMPLES = 5000
+
+_worker_tok = None  # per worker process: (tokenizer, format, tfds settings)
+
+
+def _init_worker(tok_path: str, lower: bool):
+  global _worker_tok
+  _worker_tok = load_tokenizer(tok_path, lower)
+
+
+def _tokenize_docs(tok, docs: list[list[str]], stats: corpus.ReadStats):
+  """Sentences -> token arrays (one batched call per task); drop empty, cut over-long."""
+  flat = [s for d in docs for s in d]
+  ids = tok.encode_batch(flat)
+  out, k = [], 0
+  dtype = np.uint16 if tok.vocab_size <= 65535 else np.int32
+  for d in docs:
+    sents = []
+    for _ in d:
+      a = np.asarray(ids[k], dtype)
+      k += 1
+      if len(a) == 0:
+        stats.empty_sentences += 1
+        continue
+      if len(a) > shards.MAX_SENTENCE_TOKENS:
+        stats.long_sentences_split += 1
+        sents += [a[i:i + shards.MAX_SENTENCE_TOKENS]
+                  for i in range(0, len(a), shards.MAX_SENTENCE_TOKENS)]
+      else:
+        sents.append(a)
+    if not sents:
+      stats.empty_documents += 1
+      continue
+    if len(sents) == 1:
+      stats.one_sentence_documents += 1
+    out.append(sents)
+  return out
+
+
+def _run_task(task):
+  """Worker: one task -> (stats, [document: [sentence token ids]])."""
+  stats = corpus.ReadStats()
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    if task[0] == "file":
+      _, path, fmt = task
+      docs = list(corpus.read_documents(path, fmt, stats))
+    else:
+      _, name, split, data_dir, field, start, stop = task
+      source = corpus.open_tfds(name, split, data_dir)
+      docs = list(corpus.tfds_documents(source, start, stop, field, stats))
+  msgs = [str(w.message) for w in caught]
+  return stats, _tokenize_docs(_worker_tok, docs, stats), msgs
+
+
+def _tasks(data_cfg) -> tuple[list, list]:
+  """-> (tasks, fingerprint of the inputs)."""
+  spec = data_cfg.corpus.strip()
+  if spec.startswith("tfds:") or data_cfg.corpus_format == "tfds":
+    name, split = corpus.parse_tfds(spec if spec.startswith("tfds:") else "tfds:" + spec)
+    source = corpus.open_tfds(name, split, data_cfg.tfds_data_dir)
+    n = len(source)
+    tasks = [("tfds", name, split, data_cfg.tfds_data_dir, data_cfg.tfds_text_field, a,
+              min(a + TFDS_TASK_EXAMPLES, n)) for a in range(0, n, TFDS_TASK_EXAMPLES)]
+    return tasks, [f"tfds:{name}:{split}", data_cfg.tfds_data_dir, data_cfg.tfds_text_field, n]
+  fmt = data_cfg.corpus_format
+  if fmt not in ("auto", "bert", "prose"):
+    raise UserError(f"data.corpus_format={fmt!r}: use auto, bert, prose or tfds")
+  files = corpus.expand_inputs(spec)
+  inputs = []
+  for f in files:
+    st = os.stat(f)
+    inputs.append([os.path.abspath(f), st.st_size, st.st_mtime_ns])
+  return [("file", f, fmt) for f in files], inputs
+
+
+def _is_heldout(doc: list[np.ndarray], seed: int, fraction: float) -> bool:
+  if fraction <= 0:
+    return False
+  h = hashlib.blake2b(digest_size=8, key=str(seed).encode())
+  for s in doc:
+    h.update(np.asarray(s, np.int32).tobytes())
+    h.update(b"|")
+  return int.from_bytes(h.digest(), "little") / 2.0**64 < fraction
+
+
+def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
+  """Tokenise `data_cfg.corpus` into `out_dir`; returns the manifest (also out_dir/manifest.json)."""
+  tok = load_tokenizer(data_cfg.tokenizer, data_cfg.do_lower_case)
+  if not 0.0 <= data_cfg.heldout_fraction < 1.0:
+    raise UserError(f"data.heldout_fraction={data_cfg.heldout_fraction}: use a value in [0, 1)")
+  tasks, inputs = _tasks(data_cfg)
+  fingerprint = {"version": FORMAT_VERSION, "inputs": inputs, "tokenizer": tok.identity(),
+                 "corpus_format": data_cfg.corpus_format,
+                 "heldout_fraction": float(data_cfg.heldout_fraction), "seed": int(data_cfg.seed)}
+  manifest_path = os.path.join(out_dir, "manifest.json")
+  if os.path.isfile(manifest_path):
+    with open(manifest_path) as f:
+      old = json.load(f)
+    if old.get("fingerprint") == fingerprint and all(
+        os.path.isfile(os.path.join(out_dir, s["file"]))
+        for sp in old["splits"].values() for s in sp["shards"]):
+      return old
+    os.remove(manifest_path)  # stale: rewrite below (the manifest is written last)
+  os.makedirs(out_dir, exist_ok=True)
+  for name in os.listdir(out_dir):  # shards of an earlier, different preparation
+    if name.endswith((".array_record", ".bin", ".tmp")):
+      os.remove(os.path.join(out_dir, name))
+
+  t0 = time.time()
+  token_dtype = "uint16" if tok.vocab_size <= 65535 else "int32"
+  writers = {s: shards.ShardWriter(out_dir, s, np.dtype(token_dtype)) for s in ("train", "heldout")}
+  stats = corpus.ReadStats()
+  if num_workers > 0:
+    ctx = multiprocessing.get_context("spawn")
+    pool = ctx.Pool(num_workers, _init_worker, (tok.path, tok.do_lower_case))
+    results = pool.imap(_run_task, tasks)
+  else:
+    _init_worker(tok.path, tok.do_lower_case)
+    pool, results = None, map(_run_task, tasks)
+  try:
+    for task_stats, docs, msgs in results:
+      for m in msgs:
+        warnings.warn(m, stacklevel=2)
+      stats.merge(task_stats)
+      for doc in docs:
+        split = "heldout" if _is_heldout(doc, data_cfg.seed, data_cfg.heldout_fraction) else "train"
+        writers[split].add_document(doc)
+  finally:
+    if pool is not None:
+      pool.close()
+      pool.join()
+  splits = {s: w.close() for s, w in writers.items()}
+
+  summary = stats.as_dict()
+  if splits["train"]["tokens"] == 0:
+    raise UserError(
+        f"data.corpus={data_cfg.corpus!r}: no text left after reading ({summary['files']} files, "
+        f"{summary['empty_files']} empty, {summary['empty_documents']} documents empty after "
+        "tokenising); check the globs, data.corpus_format and the tokenizer")
+  if data_cfg.heldout_fraction > 0 and splits["heldout"]["documents"] == 0:
+    warnings.warn(f"{out_dir}: no document fell in the heldout split "
+                  f"({splits['train']['documents']} documents, heldout_fraction="
+                  f"{data_cfg.heldout_fraction}); evaluation will have no data", stacklevel=2)
+  manifest = {
+      "fingerprint": fingerprint, "tokenizer": tok.identity(), "token_dtype": token_dtype,
+      "special_ids": {"pad": tok.pad_id, "unk": tok.unk_id, "cls": tok.cls_id,
+                      "sep": tok.sep_id, "mask": tok.mask_id},
+      "splits": splits, "summary": summary, "seconds": round(time.time() - t0, 2),
+  }
+  # Per-id tables the pipeline needs, so a prepared dir works without the tokenizer file.
+  np.savez(os.path.join(out_dir, "token_tables.npz"), special=tok.special_ids,
+           word_start=tok.word_start, pool=tok.random_token_pool())
+  tmp = manifest_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(manifest, f, indent=1)
+  os.replace(tmp, manifest_path)
+  return manifest
+
+
+def load_manifest(prepared_dir: str) -> dict:
+  path = os.path.join(prepared_dir, "manifest.json")
+  if not os.path.isfile(path):
+    raise UserError(f"{prepared_dir}: no manifest.json; run `bertjax prepare --out {prepared_dir}`")
+  with open(path) as f:
+    return json.load(f)
+
+
+def format_summary(manifest: dict) -> str:
+  """Human-readable lines: counts per split and what was skipped."""
+  s = manifest["summary"]
+  lines = [f"{name}: {sp['documents']} documents, {sp['pieces']} pieces, {sp['sentences']} "
+           f"sentences, {sp['tokens']} tokens, {len(sp['shards'])} shards"
+           for name, sp in manifest["splits"].items()]
+  lines.append(f"read {s['files']} files (formats {s['formats']}); skipped: {s['empty_files']} "
+               f"empty files, {s['empty_documents']} empty documents, {s['empty_sentences']} "
+               f"empty sentences; {s['one_sentence_documents']} one-sentence documents (NotNext "
+               f"only); {s['long_sentences_split']} sentences over {shards.MAX_SENTENCE_TOKENS} "
+               f"tokens cut; {len(s['latin1_files'])} files decoded as Latin-1")
+  return "\n".join(lines)
