@@ -49,6 +49,7 @@ import zlib
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -242,6 +243,19 @@ def _is_leaf_metadata(x) -> bool:
       hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (dict, list, tuple)))
 
 
+@jax.jit
+def _all_finite_jit(leaves):
+  flags = [jnp.all(jnp.isfinite(x)) for x in leaves]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
+def _all_finite(state) -> bool:
+  """No NaN/Inf in any floating leaf (one fused reduction; all processes get the same answer)."""
+  leaves = [x for x in jax.tree.leaves(state)
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+  return bool(_all_finite_jit(leaves))
+
+
 def _best_fn(name: str):
   # Loss-like metrics are minimised, the rest (accuracies, F1 ...) maximised.
   minimise = "loss" in name or "perplexity" in name or "error" in name
@@ -372,6 +386,11 @@ class Checkpointer:
         log.warning("not saving step %d: the workdir already has step %d", step, latest)
       return False
     self._raise_manifest_error()
+    if not _all_finite(state):
+      raise FloatingPointError(
+          f"step {step}: the train state holds NaN or Inf; not saving it, so the latest "
+          f"checkpoint stays step {latest}; lower optim.learning_rate or set "
+          f"train.nan_policy=skip, then resume")
     data_state = data_iter.get_state() if data_iter is not None else None
     meta = {
         "step": step,
@@ -474,8 +493,23 @@ class Checkpointer:
     raise UserError(f"{self.directory}: no readable checkpoint (moved to {CORRUPT_DIR}/); "
                     f"start a new workdir or restore a backup")
 
+  def _verify(self, step: int) -> None:
+    """Process 0 reads and checks the files; the others take its verdict (one read, not N)."""
+    if jax.process_count() == 1:
+      return verify_manifest(self.step_dir(step))
+    from jax.experimental import multihost_utils
+    err = ""
+    if jax.process_index() == 0:
+      try:
+        verify_manifest(self.step_dir(step))
+      except CorruptCheckpoint as e:
+        err = str(e)
+    bad = multihost_utils.broadcast_one_to_all(np.int32(bool(err)))
+    if int(bad):
+      raise CorruptCheckpoint(err or f"{self.step_dir(step)}: failed verification on process 0")
+
   def _restore_step(self, step: int, abstract_state, data_iter):
-    verify_manifest(self.step_dir(step))
+    self._verify(step)
     self.check_compatible(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:

@@ -348,3 +348,29 @@ def test_preemption_guard_sigterm_and_sigint():
     with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C means: stop now
       os.kill(os.getpid(), signal.SIGINT)
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_state_with_nan_is_never_saved(tmp_path):
+  state = make_state()
+  with ck.Checkpointer(tmp_path, every_steps=1, keep=2) as c:
+    c.save(1, state, None)
+    bad = dict(state, params=dict(state["params"], emb=state["params"]["emb"].at[3, 4].set(
+        jnp.nan)))
+    with pytest.raises(FloatingPointError, match="step 2: .*NaN.*latest checkpoint stays step 1"):
+      c.save(2, bad, None)
+    c.wait()
+    assert c.all_steps() == [1]
+
+
+def test_trainstate_dataclass_roundtrip_and_params_only(tmp_path):
+  from bertjax.train.state import TrainState
+  s = make_state()
+  state = TrainState(step=s["step"], params=s["params"], opt_state=s["opt_state"], rng=s["rng"])
+  with ck.Checkpointer(tmp_path, every_steps=1, keep=2) as c:
+    c.save(5, state, None)
+    c.wait()
+    restored, step = c.restore(abstract_of(state, single()))
+  assert isinstance(restored, TrainState) and step == 5
+  assert_bitwise(restored, state)
+  params, _, _ = ck.restore_params(str(tmp_path))
+  assert_bitwise(params, state.params)
