@@ -458,3 +458,15 @@ def test_sentencepiece_tokenizer_is_carried(tiny_hf, tmp_path, transformers):
   bundle.save_bundle(str(tmp_path / "b"), params, cfg, [str(model_file)])
   _, _, tok, meta = bundle.load_bundle(str(tmp_path / "b"))
   assert meta["tokenizer"] == "sentencepiece" and tok.endswith("tokenizer/spm.model")
+
+
+def test_half_precision_checkpoint_loads_as_float32(tiny_hf):
+  path, params, _ = tiny_hf
+  tensors = load_file(str(path / "model.safetensors"))
+  save_file({k: v.astype(np.float16) for k, v in tensors.items()},
+            str(path / "model.safetensors"), metadata={"format": "pt"})
+  loaded, _, _ = interop.load_hf(str(path))
+  got = loaded["bert"]["layer_0"]["attention"]["query"]["kernel"]
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(
+      got, params["bert"]["layer_0"]["attention"]["query"]["kernel"].astype(np.float16))
