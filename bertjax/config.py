@@ -113,6 +113,38 @@ def base_config() -> ml_collections.ConfigDict:
   k.keep = 3
   k.async_save = True
   k.best_metric = ""                    # e.g. eval_mlm_loss: also keep the best by this metric
+
+  # Fine-tuning (`bertjax finetune`, bertjax/tasks): the task, its files, featurizing and
+  # decoding. Steps, batch size, learning rate etc. come from train.* and optim.* as usual.
+  c.finetune = f = ml_collections.ConfigDict()
+  f.task = ""                           # registered task (sst2 cola mrpc rte qnli mnli qqp stsb
+                                        #   tsv csv jsonl conll2003 pos squad); --task sets it
+  f.data = ""                           # folder with the task's files; --data sets it
+  f.init = ""                           # bertjax bundle or Hugging Face BERT dir ("" = random init)
+  f.train_file = ""                     # file name/path inside `data` overriding the task default
+  f.dev_file = ""                       # (e.g. eng.testa); absolute paths are taken as they are
+  f.test_file = ""
+  f.max_seq_length = 128                # S of every fine-tuning feature (<= model positions)
+  f.num_epochs = 3.0                    # sets train.num_steps = ceil(epochs * examples / batch)
+  f.eval_every = 0                      # steps between dev evaluations (0 = once per epoch)
+  f.warmup_proportion = 0.1             # warmup steps as a fraction of all (< 0: optim.warmup_steps)
+  f.max_train_examples = 0              # keep the first N training examples (0 = all)
+  f.max_eval_examples = 0               # keep the first N dev examples (0 = all)
+  f.eval_batch_size = 64                # sequences per evaluation batch
+  f.text_column = "text"                # tsv/csv/jsonl: column (key) of the first text
+  f.text_b_column = ""                  # tsv/csv/jsonl: column of the second text ("" = single)
+  f.label_column = ""                   # tsv/csv/jsonl: label column ("" = label); CoNLL: ner |
+                                        #   pos | chunk | column index ("" = the task's own)
+  f.regression = False                  # tsv/csv/jsonl: labels are numbers (MSE, Pearson/Spearman)
+  f.doc_stride = 128                    # SQuAD: tokens between the starts of context windows
+  f.max_query_length = 64               # SQuAD: question tokens kept
+  f.n_best = 20                         # SQuAD: start and end candidates per window
+  f.max_answer_length = 30              # SQuAD: longest answer span, in tokens
+  f.article_split = 0                   # SQuAD: >0 = first N articles of the dev file train, the
+                                        #   rest evaluate (when no train file is at hand)
+  f.freeze = "none"                     # reserved for issue 9: none | encoder | embeddings
+  f.freeze_layers = 0                   # reserved for issue 9: also freeze the first k layers
+  f.write_predictions = True            # write dev (and test, if present) predictions at the end
   return c
 
 

@@ -1,0 +1,79 @@
+"""Fine-tuning heads on the BERT encoder, and the one model that carries them.
+
+Shapes: B = batch, S = sequence, H = hidden, C = labels. As in Hugging Face's BertFor* classes
+(so imported checkpoints fine-tune the same way):
+  classification: dropout(pooled [B, H]) -> Dense(C)          -> logits [B, C]
+  regression:     dropout(pooled [B, H]) -> Dense(1)          -> scores [B]
+  tagging:        dropout(sequence [B, S, H]) -> Dense(C)     -> logits [B, S, C]
+  span (QA):      sequence [B, S, H] -> Dense(2)              -> start, end logits [B, S] each
+Heads compute in the config's dtype and return float32. The encoder sits under "bert" and the
+head under "classifier" (span: "qa_outputs"), so a pretrained encoder drops in at params["bert"]
+and a frozen-encoder predicate is `path[0] == "bert"`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bertjax.model import BertEncoder, Dense
+
+Array = jax.Array
+
+
+class ClassificationHead(nn.Module):
+  """[CLS]-pooled vector -> C logits (C = 1: a regression score)."""
+  num_labels: int
+  config: Any
+
+  @nn.compact
+  def __call__(self, pooled: Array, deterministic: bool) -> Array:
+    x = nn.Dropout(self.config.hidden_dropout_prob)(pooled, deterministic=deterministic)
+    logits = Dense(self.num_labels, self.config, name="dense")(x).astype(jnp.float32)  # [B, C]
+    return logits[:, 0] if self.num_labels == 1 else logits                          # [B] | [B, C]
+
+
+class TokenClassificationHead(nn.Module):
+  """Every token's final hidden state -> C logits."""
+  num_labels: int
+  config: Any
+
+  @nn.compact
+  def __call__(self, seq: Array, deterministic: bool) -> Array:
+    x = nn.Dropout(self.config.hidden_dropout_prob)(seq, deterministic=deterministic)
+    return Dense(self.num_labels, self.config, name="dense")(x).astype(jnp.float32)  # [B, S, C]
+
+
+class SpanHead(nn.Module):
+  """Every token -> (start, end) logits (BERT's SQuAD head: no dropout, one [H, 2] matmul)."""
+  config: Any
+
+  @nn.compact
+  def __call__(self, seq: Array) -> tuple[Array, Array]:
+    logits = Dense(2, self.config, name="dense")(seq).astype(jnp.float32)  # [B, S, 2]
+    return logits[..., 0], logits[..., 1]                                  # [B, S], [B, S]
+
+
+class FineTuneModel(nn.Module):
+  """BertEncoder ("bert") + one head ("classifier" / "qa_outputs") chosen by `family`."""
+  config: Any
+  family: str        # classification | regression | tagging | span
+  num_labels: int = 2
+
+  @nn.compact
+  def __call__(self, input_ids: Array, segment_ids: Array, input_mask: Array,
+               deterministic: bool = True):
+    c = self.config
+    seq, pooled = BertEncoder(c, name="bert")(input_ids, segment_ids, input_mask,
+                                              deterministic)              # [B, S, H], [B, H]
+    if self.family == "classification":
+      return ClassificationHead(self.num_labels, c, name="classifier")(pooled, deterministic)
+    if self.family == "regression":
+      return ClassificationHead(1, c, name="classifier")(pooled, deterministic)       # [B]
+    if self.family == "tagging":
+      return TokenClassificationHead(self.num_labels, c, name="classifier")(seq, deterministic)
+    if self.family == "span":
+      return SpanHead(c, name="qa_outputs")(seq)
+    raise ValueError(f"unknown head family {self.family!r}")

@@ -1,0 +1,74 @@
+"""`bertjax finetune`: flags -> config -> bertjax.tasks.finetune.run (the one trainer)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from bertjax.errors import UserError
+
+FINETUNE_HELP = """\
+Fine-tune a pretrained BERT on a registered task, evaluate on the dev split during and after
+training, and write predictions (GLUE-style TSV, SQuAD predictions JSON, CoNLL columns) to
+WORKDIR/predictions/ and the dev metrics to WORKDIR/eval_results.json.
+
+  bertjax finetune --task sst2 --data ../shared/data/glue/SST-2 --init HF_OR_BUNDLE_DIR \\
+      --workdir runs/sst2 --config.optim.learning_rate=3e-5 --config.finetune.num_epochs=2
+
+--init is a bertjax export (`bertjax export`) or a Hugging Face BERT directory; its own
+tokenizer is used. Without --init the encoder starts from random weights (model.* and
+data.tokenizer from the config). Tasks: {tasks}.
+Defaults: BERT's recipe (AdamW 2e-5, batch 32, 3 epochs, 10% warmup); --config FILE starts
+from a config file instead (configs/finetune_*.py); --config.KEY=VALUE overrides any field.
+"""
+
+
+def _overrides(rest: list[str]) -> list[str]:
+  out = []
+  for arg in rest:
+    if not arg.startswith("--config.") or "=" not in arg:
+      raise UserError(f"unknown flag {arg!r}; overrides are --config.KEY=VALUE "
+                      "(see bertjax finetune --help)")
+    out.append(arg)
+  return out
+
+
+def finetune_main(argv: list[str]) -> int:
+  from bertjax.tasks import registry
+  p = argparse.ArgumentParser(prog="bertjax finetune",
+                              description=FINETUNE_HELP.format(tasks=", ".join(registry.names())),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--task", default="", help="registered task name (see above)")
+  p.add_argument("--data", default="", help="folder with the task's train/dev(/test) files")
+  p.add_argument("--init", default="", help="bertjax bundle or Hugging Face BERT directory")
+  p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, predictions/")
+  p.add_argument("--config", default="", help="config file (default: BERT's fine-tuning recipe)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  args, rest = p.parse_known_args(argv)
+  overrides = _overrides(rest)
+
+  from bertjax.config import load_config, set_key
+  if args.config:
+    cfg = load_config(args.config, overrides)
+  else:
+    from bertjax.tasks.finetune import default_config
+    cfg = default_config()
+    cfg.lock()
+    for item in overrides:
+      key, _, text = item.partition("=")
+      set_key(cfg, key.removeprefix("--config."), text)
+  for field, value in (("task", args.task), ("data", args.data), ("init", args.init)):
+    if value:
+      cfg.finetune[field] = value
+  logging.getLogger("absl").setLevel(logging.WARNING)
+
+  from bertjax.tasks.finetune import run
+  summary = run(cfg, args.workdir, progress=not args.no_progress)
+  print(json.dumps({"task": summary["task"], "steps": summary["steps"],
+                    "wall_s": round(summary["wall_s"], 1), "eval": summary.get("results"),
+                    "predictions": summary.get("predictions")}, indent=1))
+  return 0
+
+
+def extract_features_main(argv: list[str]) -> int:
+  raise UserError("extract-features is not implemented yet (issue 9)")

@@ -1,0 +1,422 @@
+"""A registered task + a config -> a `TrainTask` for the one trainer, and its predictions.
+
+    job = build(cfg)                       # read files, tokenise, featurize, pick the head
+    summary = loop.train(job.task, cfg, workdir, mesh=job.mesh)
+    job.write_predictions(summary["state"].params, workdir)
+
+`build` reads the task's train and dev files (and test, when present), tokenises them with the
+`--init` checkpoint's own tokenizer, and sets train.num_steps / optim.warmup_steps /
+train.eval_every from finetune.num_epochs / warmup_proportion / eval_every. Evaluation runs on
+the host (`eval_fn`): the forward pass is jitted and sharded like training, then the task's
+metric (F1, MCC, conlleval, SQuAD EM/F1) reads the decoded predictions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bertjax import sharding as shd
+from bertjax.errors import UserError
+from bertjax.heads import FineTuneModel
+from bertjax.tasks import conll, featurize, glue, registry, squad
+from bertjax.train.task import TrainTask
+
+# Model fields an --init checkpoint decides (the architecture); compute options (dtype, remat,
+# attention_impl, fused_qkv) stay as the config sets them.
+ARCH_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
+               "initializer_range", "layer_norm_eps", "hidden_dropout_prob",
+               "attention_probs_dropout_prob")
+
+# Keys of a batch the model and loss read; the rest of a feature set is host-side metadata.
+INPUTS = ("input_ids", "segment_ids", "input_mask")
+TARGETS = {"classification": ("label",), "regression": ("label",),
+           "tagging": ("label_ids", "label_weights"), "span": ("start_positions", "end_positions")}
+
+
+# --------------------------------------------------------------- loading the starting point
+
+def load_init(cfg) -> tuple[Optional[dict], str, bool]:
+  """--init -> (encoder params or None, tokenizer path, do_lower_case); cfg.model takes the
+  checkpoint's architecture. Without --init: random encoder, data.tokenizer."""
+  f = cfg.finetune
+  if not f.init:
+    return None, cfg.data.tokenizer, cfg.data.do_lower_case
+  from bertjax import bundle
+  params, model_cfg, tok_path = bundle.load_pretrained(f.init)
+  if bundle.is_bundle(f.init):
+    with open(os.path.join(f.init, bundle.BUNDLE)) as fh:
+      lower = bool(json.load(fh).get("do_lower_case", True))
+  else:
+    lower = bundle.hf_do_lower_case(f.init)
+  with cfg.model.unlocked():
+    for k in ARCH_FIELDS:
+      if k in model_cfg:
+        cfg.model[k] = model_cfg[k]
+  encoder = params["bert"] if "bert" in params else params
+  return encoder, tok_path, lower
+
+
+# --------------------------------------------------------------- features per family
+
+def _sentence_features(examples, tok, max_len, family, label_map):
+  a = featurize.encode_texts(tok, [e.text_a for e in examples])
+  pair = any(e.text_b is not None for e in examples)
+  b = featurize.encode_texts(tok, [e.text_b or "" for e in examples]) if pair else [None] * len(a)
+  rows = [featurize.pack(tok, x, y, max_len) for x, y in zip(a, b)]
+  out = {k: np.stack([r[i] for r in rows]) if rows else np.zeros((0, max_len), np.int32)
+         for i, k in enumerate(INPUTS)}
+  if family == "regression":
+    out["label"] = np.asarray([e.label if e.label is not None else 0.0 for e in examples],
+                              np.float32)
+  else:
+    out["label"] = np.asarray([label_map.get(e.label, 0) for e in examples], np.int32)
+  return out
+
+
+def _tagging_features(sentences, tok, max_len, label_map):
+  """One feature per chunk of a sentence (chunks end at word boundaries, <= max_len - 2
+  pieces); the label sits on each word's first piece (label_weights 1), other pieces weigh 0.
+  Host-side: sentence_index [F], word_index [F, S] (word at a first piece, else -1)."""
+  keys = INPUTS + ("label_ids", "label_weights", "word_index")
+  feats = {k: [] for k in keys + ("sentence_index",)}
+  room = max_len - 2
+  for si, s in enumerate(sentences):
+    ids, widx, _, _ = featurize.word_pieces(tok, s.words)
+    firsts = [i for i in range(len(ids)) if i == 0 or widx[i] != widx[i - 1]]
+    starts = firsts + [len(ids)]
+    w = 0
+    while w < len(s.words):
+      # Take words while their pieces fit (at least one word, its pieces cut to fit).
+      end = w + 1
+      while end < len(s.words) and starts[end + 1] - starts[w] <= room:
+        end += 1
+      lo, hi = starts[w], min(starts[end], starts[w] + room)
+      pieces = ids[lo:hi]
+      input_ids, segment_ids, input_mask = featurize.pack(tok, pieces, None, max_len)
+      label_ids = np.zeros(max_len, np.int32)
+      weights = np.zeros(max_len, np.float32)
+      word_index = np.full(max_len, -1, np.int32)
+      for wi in range(w, end):
+        pos = 1 + starts[wi] - lo
+        label_ids[pos] = label_map.get(s.tags[wi], 0)
+        weights[pos] = 1.0
+        word_index[pos] = wi
+      for k, v in zip(keys, (input_ids, segment_ids, input_mask, label_ids, weights, word_index)):
+        feats[k].append(v)
+      feats["sentence_index"].append(si)
+      w = end
+  return {k: np.asarray(v) for k, v in feats.items()}
+
+
+# --------------------------------------------------------------- losses (pure, jittable)
+
+def _apply(model, params, batch, key):
+  return model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                     batch["input_mask"], deterministic=key is None,
+                     rngs={"dropout": key} if key is not None else {})
+
+
+def loss_fn(model, family: str, params, batch, key):
+  """(params, batch, dropout key) -> (loss, metrics); means over the (micro-)batch."""
+  out = _apply(model, params, batch, key)
+  if family == "classification":
+    logits = out                                                               # [B, C]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    return loss, {"accuracy": (jnp.argmax(logits, -1) == batch["label"]).mean()}
+  if family == "regression":
+    err = out - batch["label"]                                                 # [B]
+    loss = jnp.mean(err * err)
+    return loss, {"mse": loss}
+  if family == "tagging":
+    w = batch["label_weights"]                                                 # [B, S]
+    ce = optax.softmax_cross_entropy_with_integer_labels(out, batch["label_ids"])  # [B, S]
+    n = jnp.maximum(w.sum(), 1.0)
+    acc = ((jnp.argmax(out, -1) == batch["label_ids"]) * w).sum()
+    return (ce * w).sum() / n, {"token_acc": acc, "token_acc_weight": w.sum()}
+  if family == "span":
+    start, end = out                                                           # [B, S] each
+    ls = optax.softmax_cross_entropy_with_integer_labels(start, batch["start_positions"])
+    le = optax.softmax_cross_entropy_with_integer_labels(end, batch["end_positions"])
+    return ((ls + le) / 2).mean(), {"start_acc": (jnp.argmax(start, -1) ==
+                                                  batch["start_positions"]).mean()}
+  raise ValueError(family)
+
+
+# --------------------------------------------------------------- the job
+
+@dataclasses.dataclass
+class EvalSet:
+  split: str
+  examples: list
+  features: dict
+
+
+@dataclasses.dataclass
+class FinetuneJob:
+  spec: registry.TaskSpec
+  cfg: Any
+  tokenizer: Any
+  model: FineTuneModel
+  labels: Optional[list]
+  train_features: dict
+  evals: list                      # EvalSet per task.eval_splits
+  test: Optional[EvalSet]
+  mesh: Any
+  task: TrainTask = None
+  num_train_examples: int = 0
+
+  # -- inference
+  def _predict_fn(self):
+    if not hasattr(self, "_jit_predict"):
+      self._jit_predict = jax.jit(
+          lambda p, b: _apply(self.model, p, b, None),
+          in_shardings=(None, shd.batch_sharding(self.mesh)),
+          out_shardings=shd.replicated(self.mesh))
+    return self._jit_predict
+
+  def raw_outputs(self, params, feats: dict):
+    """Model outputs over every feature, in order (numpy): logits / scores / (start, end)."""
+    n_dev = shd.mesh_size(self.mesh)
+    bs = max(n_dev, -(-self.cfg.finetune.eval_batch_size // n_dev) * n_dev)
+    fn = self._predict_fn()
+    outs = []
+    inputs = {k: feats[k] for k in INPUTS}
+    for batch, n in featurize.eval_batches(inputs, bs):
+      y = jax.device_get(fn(params, batch))
+      outs.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], y))
+    if not outs:
+      return None
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *outs)
+
+  def predict(self, params, es: EvalSet):
+    """Decoded predictions: label strings / floats per example, tag lists per sentence, or
+    {qid: answer} for SQuAD."""
+    fam = self.spec.family
+    out = self.raw_outputs(params, es.features)
+    if fam == "classification":
+      return [self.labels[i] for i in np.argmax(out, -1)] if out is not None else []
+    if fam == "regression":
+      return [float(x) for x in out] if out is not None else []
+    if fam == "tagging":
+      preds = [[self.labels[0]] * len(s.words) for s in es.examples]
+      if out is not None:
+        best = np.argmax(out, -1)                                             # [F, S]
+        for f, si in enumerate(es.features["sentence_index"]):
+          for pos in np.flatnonzero(es.features["word_index"][f] >= 0):
+            preds[si][es.features["word_index"][f][pos]] = self.labels[best[f, pos]]
+      return preds
+    f = self.cfg.finetune
+    if out is None:
+      return {e.qid: "" for e in es.examples}
+    return squad.decode(es.examples, es.features, out[0], out[1], f.n_best, f.max_answer_length)
+
+  def score(self, es: EvalSet, preds) -> dict:
+    fam = self.spec.family
+    if fam == "span":
+      return self.spec.metrics(preds, es.examples)
+    if fam == "tagging":
+      return self.spec.metrics(preds, [s.tags for s in es.examples])
+    refs = [e.label for e in es.examples]
+    if fam == "classification":
+      # Score label ids; labels outside the training set count as wrong (-1).
+      index = {l: i for i, l in enumerate(self.labels)}
+      return self.spec.metrics([index[p] for p in preds], [index.get(r, -1) for r in refs])
+    return self.spec.metrics(preds, refs)
+
+  def evaluate(self, params) -> dict:
+    out = {}
+    for es in self.evals:
+      m = self.score(es, self.predict(params, es))
+      prefix = "" if len(self.evals) == 1 else es.split + "_"
+      out.update({prefix + k: float(v) for k, v in m.items()})
+    return out
+
+  def write_predictions(self, params, workdir: str) -> dict:
+    """Predictions for every dev split (and test) under WORKDIR/predictions; -> {split: path}.
+    Also writes WORKDIR/eval_results.json with the dev metrics."""
+    out_dir = os.path.join(workdir, "predictions")
+    paths, results = {}, {}
+    name = self.spec.name
+    for es in self.evals + ([self.test] if self.test is not None else []):
+      preds = self.predict(params, es)
+      if es is not self.test:
+        results[es.split] = {k: float(v) for k, v in self.score(es, preds).items()}
+      fam = self.spec.family
+      if fam == "span":
+        path = os.path.join(out_dir, f"{name}_{es.split}_predictions.json")
+        squad.write_predictions(path, preds)
+      elif fam == "tagging":
+        path = os.path.join(out_dir, f"{name}_{es.split}.conll")
+        conll.write_predictions(path, es.examples, preds)
+      else:
+        path = os.path.join(out_dir, f"{name}_{es.split}.tsv")
+        glue.write_predictions(path, es.examples, preds)
+      paths[es.split] = path
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "eval_results.json"), "w") as fh:
+      json.dump({"task": name, "results": results, "predictions": paths}, fh, indent=2)
+    return {"results": results, "predictions": paths}
+
+
+def _features(spec, examples, tok, f, label_map, training: bool):
+  fam = spec.family
+  if fam in ("classification", "regression"):
+    return _sentence_features(examples, tok, f.max_seq_length, fam, label_map)
+  if fam == "tagging":
+    return _tagging_features(examples, tok, f.max_seq_length, label_map)
+  return squad.make_features(examples, tok, f.max_seq_length, f.doc_stride, f.max_query_length,
+                             training)
+
+
+def _labels(spec, train_examples) -> Optional[list]:
+  if spec.family in ("regression", "span"):
+    return None
+  if spec.labels is not None:
+    return list(spec.labels)
+  if spec.family == "tagging":
+    tags = sorted({t for s in train_examples for t in s.tags})
+    # "O" first: a word the model never scores (none, by construction) would default to it.
+    return (["O"] + [t for t in tags if t != "O"]) if "O" in tags else tags
+  return sorted({e.label for e in train_examples}, key=str)
+
+
+def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> FinetuneJob:
+  """Read, tokenise and featurize `cfg.finetune.task`; set the step counts in `cfg`."""
+  from bertjax.data.tokenizer import load_tokenizer
+  f, t = cfg.finetune, cfg.train
+  if not f.task:
+    raise UserError("no task: pass --task NAME (or set finetune.task)")
+  spec = registry.get(f.task)
+  if not f.data or not os.path.isdir(f.data):
+    raise UserError(f"--data {f.data!r}: not a folder; point it at the task's files "
+                    f"(e.g. ../shared/data/glue/SST-2)")
+  regression = spec.family == "regression" or (spec.family == "classification"
+                                               and spec.labels is None and f.regression)
+  if regression and spec.family == "classification":
+    spec = dataclasses.replace(spec, family="regression",
+                               metrics=registry.get("stsb").metrics, primary_metric="pearson")
+  if f.freeze not in ("none",) or f.freeze_layers:
+    raise UserError(f"finetune.freeze={f.freeze!r}: freezing is not implemented yet (issue 9); "
+                    "use none")
+
+  encoder_params, tok_path, lower = load_init(cfg)
+  tok = tokenizer or load_tokenizer(tok_path, lower)
+  if tok.vocab_size > cfg.model.vocab_size:
+    raise UserError(f"tokenizer {tok_path} has {tok.vocab_size} tokens but model.vocab_size="
+                    f"{cfg.model.vocab_size}; use the checkpoint's own tokenizer")
+  if f.max_seq_length > cfg.model.max_position_embeddings:
+    raise UserError(f"finetune.max_seq_length={f.max_seq_length} exceeds the model's "
+                    f"max_position_embeddings={cfg.model.max_position_embeddings}")
+  with cfg.unlocked():
+    cfg.data.max_seq_length = f.max_seq_length  # so config.validate checks it too
+
+  def cap(xs, n):
+    return xs[:n] if n else xs
+
+  train_ex = cap(spec.read(f.data, "train", f), f.max_train_examples)
+  if not train_ex:
+    raise UserError(f"{f.data}: the {spec.name} training file has no examples")
+  labels = _labels(spec, train_ex)
+  label_map = {l: i for i, l in enumerate(labels)} if labels else None
+  evals = []
+  for split in spec.eval_splits:
+    ex = cap(spec.read(f.data, split, f), f.max_eval_examples)
+    evals.append(EvalSet(split, ex, _features(spec, ex, tok, f, label_map, False)))
+  test = None
+  try:
+    test_ex = cap(spec.read(f.data, spec.test_split, f), f.max_eval_examples)
+    test = EvalSet(spec.test_split, test_ex, _features(spec, test_ex, tok, f, label_map, False))
+  except UserError as e:
+    if "no test file" not in str(e) and f"no {spec.test_split} file" not in str(e):
+      raise
+  train_feats = _features(spec, train_ex, tok, f, label_map, True)
+  keep = INPUTS + TARGETS[spec.family]
+  train_arrays = {k: train_feats[k] for k in keep}
+
+  mesh = mesh if mesh is not None else shd.make_mesh(cfg.mesh)
+  n_train = len(train_arrays["input_ids"])
+  batch = t.global_batch_size
+  num_steps = max(1, math.ceil(f.num_epochs * n_train / batch))
+  steps_per_epoch = max(1, math.ceil(n_train / batch))
+  with cfg.unlocked():
+    t.num_steps = num_steps
+    if f.warmup_proportion >= 0:
+      cfg.optim.warmup_steps = int(f.warmup_proportion * num_steps)
+    t.eval_every = f.eval_every or steps_per_epoch
+
+  model = FineTuneModel(cfg.model, spec.family, len(labels) if labels else 1)
+  it = featurize.BatchIterator(train_arrays, shd.local_batch_size(batch),
+                               seed=t.seed + 1000 * jax.process_index())
+
+  def init_params(rng, example):
+    return model.init({"params": rng, "dropout": rng}, example["input_ids"],
+                      example["segment_ids"], example["input_mask"])["params"]
+
+  load = None
+  if encoder_params is not None:
+    def load(fresh):
+      _check_tree(fresh["bert"], encoder_params, f.init)
+      out = dict(fresh)
+      out["bert"] = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), encoder_params)
+      return out
+
+  job = FinetuneJob(spec=spec, cfg=cfg, tokenizer=tok, model=model, labels=labels,
+                    train_features=train_feats, evals=evals, test=test, mesh=mesh,
+                    num_train_examples=len(train_ex))
+  job.task = TrainTask(
+      name=f"finetune-{spec.name}", model=model, init_params=init_params,
+      loss_fn=functools.partial(loss_fn, model, spec.family), train_iter=it,
+      eval_fn=job.evaluate, load_pretrained=load,
+      tokenizer_identity=tok.identity() if hasattr(tok, "identity") else None)
+  return job
+
+
+def _check_tree(fresh, loaded, where: str) -> None:
+  """The checkpoint's encoder must have exactly the fresh encoder's paths and shapes."""
+  a = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(fresh)}
+  b = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
+  if a != b:
+    diff = sorted(set(a.items()) ^ set(b.items()))[:3]
+    raise UserError(f"{where}: encoder parameters do not match the model built from its config "
+                    f"(first differences: {diff})")
+
+
+def run(cfg, workdir: str, *, progress: bool = True) -> dict:
+  """build -> the one trainer -> final dev metrics and prediction files. Returns the summary."""
+  from bertjax.train import loop
+  job = build(cfg)
+  summary = loop.train(job.task, cfg, workdir, mesh=job.mesh, progress=progress)
+  params = summary.pop("state").params
+  if cfg.finetune.write_predictions:
+    summary.update(job.write_predictions(params, workdir))
+  summary["num_train_examples"] = job.num_train_examples
+  return summary
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """base_config() with BERT's fine-tuning recipe (Devlin et al. 2019, appendix A.3): AdamW
+  2e-5, batch 32, 3 epochs, 10% linear warmup then linear decay, weight decay 0.01, dropout 0.1.
+  Checkpoints are kept few (fine-tuning runs are short and the models are whole BERTs)."""
+  from bertjax.config import base_config
+  cfg = base_config()
+  cfg.optim.learning_rate = 2e-5
+  cfg.optim.weight_decay = 0.01
+  cfg.optim.warmup_steps = 0
+  cfg.train.global_batch_size = 32
+  cfg.train.log_every = 10
+  cfg.checkpoint.every_steps = 1000
+  cfg.checkpoint.keep = 1
+  cfg.checkpoint.async_save = False
+  cfg.finetune.num_epochs = 3.0
+  return cfg
