@@ -242,6 +242,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
                     f"model.num_attention_heads={m.num_attention_heads}; pick sizes that divide")
   if m.dtype not in ("float32", "bfloat16"):
     raise UserError(f"model.dtype={m.dtype!r}: use float32 or bfloat16")
+  if m.hidden_act != "gelu":
+    raise UserError(f"model.hidden_act={m.hidden_act!r}: bertjax implements BERT's exact GELU only; "
+                    "use gelu")
   seqs = [d.max_seq_length] + ([t.phase2_max_seq_length] if t.phase2_start else [])
   for s in seqs:
     if s > m.max_position_embeddings:
