@@ -7,9 +7,12 @@ short_seq_prob a random length in [2, max]), a random split point makes segment 
   NotNext (50%, and always for a one-sentence chunk): B = sentences from a random start in a
           random *other* document, and the unused sentences of the chunk go back to be reused.
 The pair is truncated to max_seq_length - 3 by removing tokens from the longer segment, from
-the front or the back at random. Differences from the original: the short target length is
-drawn per chunk (BERT drew it once per document), and chunks are shuffled across the whole
-epoch (BERT shuffled its offline instances the same way).
+the front or the back at random. Differences from the original: (1) the short target length is
+drawn per chunk (BERT drew it once per document); (2) labels are balanced: every two NotNext forced
+by one-sentence chunks turn the next coin-flipped NotNext of a longer chunk into IsNext (BERT's
+forced ones pushed NotNext to ~52% on prose); (3) a NotNext document is drawn uniformly among the
+other documents, then a piece of it when it is stored in pieces. Chunks are shuffled across the
+whole epoch, as BERT shuffled its offline instances.
 
 `plan_epoch` needs only sentence lengths (the index); tokens are read when a batch is built.
 Randomness: plan draws hash (seed, epoch, piece, chunk); example draws hash (seed, epoch, index).
@@ -45,6 +48,7 @@ def plan_epoch(sent_lens: np.ndarray, piece_offsets: np.ndarray, *, seed: int, e
                max_num_tokens: int, short_seq_prob: float) -> Plan:
   """Chunk every piece (BERT's loop, driven by sentence lengths only) and shuffle the chunks."""
   cols = [[] for _ in range(6)]
+  debt = 0
   for p in range(len(piece_offsets) - 1):
     lens = sent_lens[piece_offsets[p]:piece_offsets[p + 1]]
     n = len(lens)
@@ -59,6 +63,11 @@ def plan_epoch(sent_lens: np.ndarray, piece_offsets: np.ndarray, *, seed: int, e
       m = end - i
       a_end = i + 1 if m < 2 else i + rng.randint(1, m - 1, seed, epoch, p, c, _S_SPLIT)
       random_next = m == 1 or rng.uniform(seed, epoch, p, c, _S_NEXT) < 0.5
+      if m == 1:
+        debt += 1            # two forced NotNext ...
+      elif random_next and debt >= 2:
+        random_next = False  # ... turn one coin-flipped NotNext into IsNext: labels stay 50/50
+        debt -= 2
       for col, v in zip(cols, (p, i, a_end, end, target, random_next)):
         col.append(v)
       i = a_end if random_next else end   # NotNext: the unused sentences go back

@@ -212,6 +212,9 @@ def make_pretrain_iterator(prepared_dir: str, split: str, *, global_batch_size: 
   # One background thread overlaps batch building with the training step; small buffer.
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
   if num_workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain workers read absl flags; a non-absl main has none
+      flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                            per_worker_buffer_size=2))
   return iter(it_ds)

@@ -120,7 +120,7 @@ class WordPieceTokenizer(Tokenizer):
   kind = "wordpiece"
 
   def __init__(self, path: str, do_lower_case: bool = True):
-    from tokenizers import BertWordPieceTokenizer
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers
     self.path = path
     self.do_lower_case = bool(do_lower_case)
     with open(path, encoding="utf-8") as f:
@@ -134,8 +134,12 @@ class WordPieceTokenizer(Tokenizer):
                       "use a BERT vocab.txt (one token per line with the [PAD]..[MASK] entries)")
     self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (index[s] for s in SPECIALS)
     # Same settings as BertTokenizerFast(vocab, do_lower_case): strip_accents follows lowercase.
-    self.tok = BertWordPieceTokenizer(path, clean_text=True, handle_chinese_chars=True,
-                                      strip_accents=None, lowercase=self.do_lower_case)
+    self.tok = HFTokenizer(models.WordPiece(index, unk_token="[UNK]", max_input_chars_per_word=100))
+    self.tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None,
+        lowercase=self.do_lower_case)
+    self.tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    self.tok.decoder = decoders.WordPiece(prefix="##")
     self.vocab_size = self.tok.get_vocab_size()
     self.vocab = vocab
     self.special_ids = np.array([t in SPECIALS or (t.startswith("[") and t.endswith("]"))
