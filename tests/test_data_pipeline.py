@@ -285,3 +285,16 @@ def test_truncated_lengths_matches_bert_loop():
         else:
           b -= 1
       assert pairs.truncated_lengths(la, lb, 30) == (a, b)
+
+
+def test_vectorised_truncation_and_coin_flips():
+  from bertjax.data import rng
+  from bertjax.data.pipeline import _truncated_lengths
+  la, lb = np.meshgrid(np.arange(60), np.arange(60))
+  a, b = _truncated_lengths(la.ravel(), lb.ravel(), 41)
+  assert [tuple(x) for x in zip(a, b)] == [pairs.truncated_lengths(x, y, 41)
+                                           for x, y in zip(la.ravel(), lb.ravel())]
+  keys = rng.mix_array(np.arange(4000))
+  heads = rng.coin_flips_array(np.full(4000, 100), keys, 5)
+  assert abs(heads.mean() - 50) < 1 and heads.min() >= 0 and heads.max() <= 100
+  assert (rng.coin_flips_array(np.zeros(10, int), keys[:10], 5) == 0).all()

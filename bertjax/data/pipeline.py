@@ -24,7 +24,7 @@ from bertjax.data import masking, pairs, rng, shards
 from bertjax.data.prepare import load_manifest
 from bertjax.errors import UserError
 
-_S_EXAMPLE = 0xE8A
+_S_EXAMPLE, _S_PAIR = 0xE8A, 0xE8B
 
 
 class _PretrainBatches:
@@ -63,6 +63,7 @@ class _PretrainBatches:
     self.sent_lens = sent
     self.piece_doc = pieces[:, 0]                                                # [n_pieces]
     self.piece_off = np.concatenate([[0], np.cumsum(pieces[:, 1], dtype=np.int64)])
+    self.sent_off = shards.load_offsets(self.dir, self.split)                   # [n_sent + 1]
     # documents -> their first piece (pieces of a document are consecutive)
     firsts = np.flatnonzero(np.r_[True, self.piece_doc[1:] != self.piece_doc[:-1]])
     self.doc_first = np.append(firsts, len(self.piece_doc))                      # [n_docs + 1]
@@ -72,7 +73,7 @@ class _PretrainBatches:
 
   def __getstate__(self):
     state = {k: v for k, v in self.__dict__.items()
-             if k not in ("sent_lens", "piece_doc", "piece_off", "doc_first", "_plans",
+             if k not in ("sent_lens", "sent_off", "piece_doc", "piece_off", "doc_first", "_plans",
                           "_epoch_starts", "_lock")}
     return state
 
@@ -113,73 +114,82 @@ class _PretrainBatches:
     """(epoch, index) pairs -> one batch dict (rows in the given order)."""
     b, s = len(examples), self.s
     max_tokens = s - 3
-    ids = np.full((b, s), self.pad_id, np.int32)                          # [b, S]
-    seg = np.zeros((b, s), np.int32)                                      # [b, S]
-    lengths = np.zeros(b, np.int64)                                       # [b]
-    nsp = np.zeros(b, np.int32)                                           # [b]
-    keys = np.zeros(b, np.uint64)                                         # [b]
-    rows = []
-    for e, j in examples:
-      pl = self.plan(e)
-      rows.append((e, j, int(pl.piece[j]), int(pl.start[j]), int(pl.a_end[j]), int(pl.end[j]),
-                   int(pl.target[j]), bool(pl.random_next[j])))
-    # NotNext: a random other document, then a random piece of it (BERT: 10 tries)
-    rand_piece = {}
-    for r, (e, j, piece, _, _, _, _, rn) in enumerate(rows):
-      if rn:
-        rand_piece[r] = self._random_piece(e, j, piece)
-    need = sorted({row[2] for row in rows} | set(rand_piece.values()))
-    docs = dict(zip(need, self.store.read(np.array(need))))
-    for r, (e, j, piece, st, a_end, end, target, rn) in enumerate(rows):
-      lens, toks = docs[piece]
-      offs = self._offsets(lens)
-      a = toks[offs[st]:offs[a_end]]
-      if rn:
-        rlens, rtoks = docs[rand_piece[r]]
-        roffs = self._offsets(rlens)
-        rs = rng.randint(0, len(rlens) - 1, self.seed, e, j, pairs._S_START)
-        want = roffs[rs] + max(target - len(a), 1)   # sentences from rs until >= target_b
-        re_ = min(bisect.bisect_left(roffs, want), len(rlens))
-        bseg = rtoks[roffs[rs]:roffs[max(re_, rs + 1)]]
-      else:
-        bseg = toks[offs[a_end]:offs[end]]
-      la, lb = pairs.truncated_lengths(len(a), len(bseg), max_tokens)
-      fa = rng.coin_flips(len(a) - la, self.seed, e, j, pairs._S_TRUNC_A)   # removed from front
-      fb = rng.coin_flips(len(bseg) - lb, self.seed, e, j, pairs._S_TRUNC_B)
-      a, bseg = a[fa:fa + la], bseg[fb:fb + lb]
-      ids[r, 0] = self.cls_id
-      ids[r, 1:1 + la] = a
-      ids[r, 1 + la] = self.sep_id
-      ids[r, 2 + la:2 + la + lb] = bseg
-      ids[r, 2 + la + lb] = self.sep_id
-      seg[r, 2 + la:3 + la + lb] = 1
-      lengths[r] = 3 + la + lb
-      nsp[r] = int(rn)
-      keys[r] = rng.mix(self.seed, e, j, _S_EXAMPLE)
-    pos = np.arange(s)[None, :]
-    input_mask = (pos < lengths[:, None]).astype(np.int32)                # [b, S]
-    maskable = (input_mask > 0) & ~self._tables["special"][ids]           # [b, S]
+    ep = np.array([e for e, _ in examples], np.int64)                       # [b]
+    jj = np.array([j for _, j in examples], np.int64)                       # [b]
+    piece, start, a_end, end, target = (np.empty(b, np.int64) for _ in range(5))
+    rnext = np.empty(b, bool)
+    for e in np.unique(ep):                       # plan rows (a batch rarely spans 2 epochs)
+      pl, w = self.plan(int(e)), ep == e
+      for dst, src in ((piece, pl.piece), (start, pl.start), (a_end, pl.a_end), (end, pl.end),
+                       (target, pl.target), (rnext, pl.random_next)):
+        dst[w] = src[jj[w]]
+    keys = rng.mix_array(self.seed, ep, jj, _S_EXAMPLE)                     # [b] uint64
+    u = rng.uniform_grid(keys, _S_PAIR, 12)                                 # [b, 12]
+    # NotNext: a random other document (BERT: up to 10 tries), a random piece of it, a random
+    # start sentence; B = sentences from there until it reaches target - len(A) tokens.
+    n_docs = len(self.doc_first) - 1
+    own = self.piece_doc[piece]                                             # [b]
+    tries = (u[:, :10] * n_docs).astype(np.int64)                           # [b, 10]
+    ok = tries != own[:, None]
+    doc = tries[np.arange(b), np.where(ok.any(1), ok.argmax(1), 9)]         # [b]
+    lo, hi = self.doc_first[doc], self.doc_first[doc + 1]
+    rpiece = lo + (u[:, 10] * (hi - lo)).astype(np.int64)                   # [b]
+    g0 = self.piece_off[piece]                                              # [b] first sentence
+    off = self.sent_off                                                     # [n_sent + 1]
+    base = off[g0]
+    a0, a1 = off[g0 + start] - base, off[g0 + a_end] - base                 # [b] token offsets
+    b0, b1 = a1, off[g0 + end] - base
+    r0 = self.piece_off[rpiece]
+    rn = self.piece_off[rpiece + 1] - r0
+    rs = r0 + (u[:, 11] * rn).astype(np.int64)                              # [b] global sentence
+    want = off[rs] + np.maximum(target - (a1 - a0), 1)
+    re_ = np.clip(np.searchsorted(off, want, side="left"), rs + 1, r0 + rn)
+    rbase = off[r0]
+    b0 = np.where(rnext, off[rs] - rbase, b0)
+    b1 = np.where(rnext, off[re_] - rbase, b1)
+    bpiece = np.where(rnext, rpiece, piece)
+    # truncate_seq_pair: lengths in closed form, front/back removals by coin flips
+    la0, lb0 = a1 - a0, b1 - b0
+    la, lb = _truncated_lengths(la0, lb0, max_tokens)
+    a0 = a0 + rng.coin_flips_array(la0 - la, keys, pairs._S_TRUNC_A)
+    b0 = b0 + rng.coin_flips_array(lb0 - lb, keys, pairs._S_TRUNC_B)
+
+    need = np.unique(np.concatenate([piece, bpiece]))
+    docs = dict(zip(need.tolist(), self.store.read(need)))
+    ids = np.full((b, s), self.pad_id, np.int32)                            # [b, S]
+    ids[:, 0] = self.cls_id
+    for r, (pa, pb, x0, nx, y0, ny) in enumerate(zip(piece.tolist(), bpiece.tolist(),
+                                                     a0.tolist(), la.tolist(), b0.tolist(),
+                                                     lb.tolist())):
+      ids[r, 1:1 + nx] = docs[pa][1][x0:x0 + nx]
+      ids[r, 2 + nx:2 + nx + ny] = docs[pb][1][y0:y0 + ny]
+    rows = np.arange(b)
+    ids[rows, 1 + la] = self.sep_id
+    ids[rows, 2 + la + lb] = self.sep_id
+    pos = np.arange(s)[None, :]                                             # [1, S]
+    lengths = (3 + la + lb)[:, None]                                        # [b, 1]
+    input_mask = (pos < lengths).astype(np.int32)                           # [b, S]
+    seg = ((pos >= (2 + la)[:, None]) & (pos < lengths)).astype(np.int32)   # [b, S]
+    maskable = (input_mask > 0) & ~self._tables["special"][ids]             # [b, S]
     mlm = masking.mask_batch(
         ids, maskable, keys, masked_lm_prob=self.masked_lm_prob, max_predictions=self.p,
         mask_id=self.mask_id, random_pool=self._tables["pool"],
         word_start=self._tables["word_start"] if self.whole_word_masking else None)
     return {"input_ids": ids, "input_mask": input_mask, "segment_ids": seg, **mlm,
-            "next_sentence_labels": nsp}
+            "next_sentence_labels": rnext.astype(np.int32)}
 
-  @staticmethod
-  def _offsets(lens: np.ndarray) -> list[int]:
-    return [0] + np.cumsum(lens).tolist()
 
-  def _random_piece(self, e: int, j: int, piece: int) -> int:
-    n_docs = len(self.doc_first) - 1
-    own = self.piece_doc[piece]
-    doc = own
-    for t in range(10):
-      doc = rng.randint(0, n_docs - 1, self.seed, e, j, pairs._S_DOC, t)
-      if self.piece_doc[self.doc_first[doc]] != own:
-        break
-    lo, hi = self.doc_first[doc], self.doc_first[doc + 1]
-    return int(lo + rng.randint(0, hi - lo - 1, self.seed, e, j, pairs._S_DOC, 99))
+def _truncated_lengths(la: np.ndarray, lb: np.ndarray, max_tokens: int):
+  """Vectorised pairs.truncated_lengths."""
+  excess = la + lb - max_tokens
+  d = np.abs(la - lb)
+  rest = np.maximum(excess - d, 0)
+  lo = np.minimum(la, lb)
+  cut_a = np.where(excess <= d, np.where(la > lb, la - np.maximum(excess, 0), la), lo - rest // 2)
+  cut_b = np.where(excess <= d, np.where(la > lb, lb, lb - np.maximum(excess, 0)),
+                   lo - (rest + 1) // 2)
+  keep = excess <= 0
+  return np.where(keep, la, cut_a), np.where(keep, lb, cut_b)
 
 
 def make_pretrain_iterator(prepared_dir: str, split: str, *, global_batch_size: int,

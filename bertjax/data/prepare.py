@@ -26,7 +26,7 @@ from bertjax.data import corpus, shards
 from bertjax.data.tokenizer import load_tokenizer
 from bertjax.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TFDS_TASK_EXAMPLES = 5000
 
 _worker_tok = None  # per worker process: (tokenizer, format, tfds settings)

@@ -52,10 +52,39 @@ def _splitmix(z: np.ndarray) -> np.ndarray:
   return z ^ (z >> np.uint64(31))
 
 
-def uniform_grid(keys: np.ndarray, stream: int, n: int) -> np.ndarray:
-  """[len(keys), n] floats in [0, 1): draw j of row i hashes (keys[i], stream, j)."""
+def mix_array(*cols) -> np.ndarray:
+  """Vectorised `mix`: hash columns of ints (arrays broadcast together) to uint64 keys."""
+  with np.errstate(over="ignore"):
+    h = np.uint64(0x243F6A8885A308D3)
+    for c in cols:
+      h = _splitmix(h ^ np.asarray(c).astype(np.uint64))
+  return np.asarray(h, np.uint64)
+
+
+def bits_grid(keys: np.ndarray, stream: int, n: int) -> np.ndarray:
+  """[len(keys), n] uint64 random words: word j of row i hashes (keys[i], stream, j)."""
   k = np.asarray(keys, np.uint64)[:, None]                                    # [B, 1]
   j = np.arange(n, dtype=np.uint64)[None, :]                                  # [1, n]
   with np.errstate(over="ignore"):
-    z = _splitmix(k ^ _splitmix(j * np.uint64(0x100000001B3) + np.uint64(stream)))  # [B, n]
+    return _splitmix(k ^ _splitmix(j * np.uint64(0x100000001B3) + np.uint64(stream)))
+
+
+def uniform_grid(keys: np.ndarray, stream: int, n: int) -> np.ndarray:
+  """[len(keys), n] floats in [0, 1): draw j of row i hashes (keys[i], stream, j)."""
+  z = bits_grid(keys, stream, n)                                              # [B, n]
   return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def coin_flips_array(n: np.ndarray, keys: np.ndarray, stream: int, max_words: int = 16
+                     ) -> np.ndarray:
+  """[B] heads among n[i] fair coin flips per row (popcount of n[i] hashed bits; n <= 64*max_words,
+  larger n scale the heads of the first 64*max_words)."""
+  full_n = np.asarray(n, np.int64)
+  n = np.minimum(full_n, 64 * max_words)                                       # [B]
+  words = bits_grid(keys, stream, max_words)                                   # [B, W]
+  nbits = np.clip(n[:, None] - 64 * np.arange(max_words)[None, :], 0, 64)      # [B, W]
+  full = np.uint64(0xFFFFFFFFFFFFFFFF)
+  partial = (np.uint64(1) << np.minimum(nbits, 63).astype(np.uint64)) - np.uint64(1)
+  mask = np.where(nbits >= 64, full, partial)
+  heads = np.bitwise_count(words & mask).sum(1).astype(np.int64)
+  return np.where(full_n > n, (heads * full_n) // np.maximum(n, 1), heads)  # clipped: scale up

@@ -5,17 +5,19 @@ Per split (train / heldout), in the prepared directory:
                                int32 n_sentences, int32 lengths[n], token ids (uint16 or int32)
   {split}-sentlens.bin         uint16: every sentence's length, pieces in record order
   {split}-pieces.bin           int32 [n_pieces, 2]: (document id, n_sentences) per piece
+  {split}-sentoffs.bin         int64 [n_sentences + 1]: tokens before each sentence (cumsum)
 The index is what the pair planner needs (sentence lengths); tokens are read by random access.
 Documents longer than MAX_PIECE_TOKENS are stored as consecutive pieces of the same document id.
 """
 from __future__ import annotations
 
+import collections
 import os
 import threading
 
 import numpy as np
 
-MAX_PIECE_TOKENS = 8192      # bounds the bytes read per training example
+MAX_PIECE_TOKENS = 4096      # bounds the bytes read per training example
 MAX_SENTENCE_TOKENS = 512    # longer "sentences" (e.g. lines without punctuation) are cut
 
 
@@ -97,14 +99,27 @@ class ShardWriter:
     for f in (self._sent, self._pieces):
       f.close()
       os.replace(f.name, f.name[:-len(".tmp")])
+    # running token offsets of sentences, computed in blocks (memory stays bounded)
+    sent_path = os.path.join(self.out_dir, f"{self.split}-sentlens.bin")
+    sent = np.memmap(sent_path, np.uint16, "r") if self.sentences else np.zeros(0, np.uint16)
+    with open(os.path.join(self.out_dir, f"{self.split}-sentoffs.bin"), "wb") as f:
+      total = np.zeros(1, np.int64)
+      f.write(total.tobytes())
+      for i in range(0, len(sent), 1 << 22):
+        block = np.cumsum(sent[i:i + (1 << 22)], dtype=np.int64) + total[0]
+        f.write(block.tobytes())
+        total[0] = block[-1]
+    del sent
     return {"shards": self.shards, "documents": self.documents, "pieces": self.pieces,
             "sentences": self.sentences, "tokens": self.tokens}
 
 
 class DocStore:
-  """Random access to a split's pieces (lazily opened per process, picklable)."""
+  """Random access to a split's pieces (lazily opened per process, picklable), with an LRU cache
+  of decoded pieces bounded by `cache_bytes` (a small corpus ends up wholly in memory)."""
 
-  def __init__(self, prepared_dir: str, split_info: dict, token_dtype: str):
+  def __init__(self, prepared_dir: str, split_info: dict, token_dtype: str,
+               cache_bytes: int = 256 << 20):
     self.dir = prepared_dir
     self.files = [os.path.join(prepared_dir, s["file"]) for s in split_info["shards"]]
     counts = np.array([s["records"] for s in split_info["shards"]], np.int64)
@@ -112,11 +127,16 @@ class DocStore:
     self.token_dtype = np.dtype(token_dtype)
     self._readers = None
     self._lock = threading.Lock()
+    self.cache_bytes = cache_bytes
+    self._cache: collections.OrderedDict = collections.OrderedDict()
+    self._cached = 0
 
   def __getstate__(self):
     state = dict(self.__dict__)
     state["_readers"] = None
     state["_lock"] = None
+    state["_cache"] = collections.OrderedDict()
+    state["_cached"] = 0
     return state
 
   def __setstate__(self, state):
@@ -136,16 +156,38 @@ class DocStore:
 
   def read(self, pieces: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Pieces (global indices) -> [(sentence lengths, tokens)] in the same order."""
-    readers = self._open()
-    pieces = np.asarray(pieces, np.int64)
-    shard = np.searchsorted(self.starts, pieces, side="right") - 1
-    out: list = [None] * len(pieces)
-    for s in np.unique(shard):
-      where = np.flatnonzero(shard == s)
-      raws = readers[s].read([int(pieces[w] - self.starts[s]) for w in where])
-      for w, raw in zip(where, raws):
-        out[w] = decode_record(raw, self.token_dtype)
+    cache = self._cache
+    out: list = []
+    missing = []
+    for i, p in enumerate(np.asarray(pieces, np.int64).tolist()):
+      hit = cache.get(p)
+      if hit is None:
+        missing.append((i, p))
+      else:
+        cache.move_to_end(p)
+      out.append(hit)
+    if missing:
+      readers = self._open()
+      miss = np.array([p for _, p in missing], np.int64)
+      shard = np.searchsorted(self.starts, miss, side="right") - 1
+      for s in np.unique(shard):
+        where = np.flatnonzero(shard == s)
+        raws = readers[s].read([int(miss[w] - self.starts[s]) for w in where])
+        for w, raw in zip(where, raws):
+          i, p = missing[w]
+          out[i] = decode_record(raw, self.token_dtype)
+          if p not in cache:
+            cache[p] = out[i]
+            self._cached += len(raw)
+      while self._cached > self.cache_bytes and cache:
+        _, (lens, toks) = cache.popitem(last=False)
+        self._cached -= lens.nbytes + toks.nbytes + 4
     return out
+
+
+def load_offsets(prepared_dir: str, split: str) -> np.ndarray:
+  """[n_sentences + 1] int64 (memory-mapped): tokens before each sentence of the split."""
+  return np.memmap(os.path.join(prepared_dir, f"{split}-sentoffs.bin"), np.int64, "r")
 
 
 def load_index(prepared_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
