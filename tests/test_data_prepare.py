@@ -149,3 +149,39 @@ def test_cli_prepare_and_errors(tmp_path, capsys):
   rc = main(["prepare", "--config", str(cfg_file), "--out", str(tmp_path / "q"),
              f"--config.data.corpus={tmp_path}/nothing*.txt"])
   assert rc == 2 and "matches no file" in capsys.readouterr().err
+
+
+def test_tfds_corpus_without_tensorflow(tmp_path):
+  """A TFDS dataset in array_record format (built here, no TensorFlow) is read by name."""
+  import tensorflow_datasets as tfds
+
+  class TinyArticles(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+          {"text": tfds.features.Text(), "title": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(30):
+        yield i, {"title": f"t{i}", "text": f"Article {i} starts here. It has two sentences."
+                                            f"\n\nA second paragraph of article {i}."}
+
+  data_dir = str(tmp_path / "tfds")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    TinyArticles(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  cfg = data_cfg("tfds:tiny_articles", tfds_data_dir=data_dir, heldout_fraction=0.2)
+  m = prepare_corpus(cfg, str(tmp_path / "p"))
+  sp = m["splits"]
+  assert sp["train"]["documents"] + sp["heldout"]["documents"] == 30
+  assert sp["train"]["sentences"] + sp["heldout"]["sentences"] == 90
+  assert sp["heldout"]["documents"] > 0
+  cfg.tfds_text_field = "body"
+  with pytest.raises(UserError, match="tfds_text_field='body'.*features: \\['text', 'title'\\]"):
+    prepare_corpus(cfg, str(tmp_path / "q"))
+  with pytest.raises(UserError, match="cannot open"):
+    prepare_corpus(data_cfg("tfds:no_such_dataset", tfds_data_dir=data_dir), str(tmp_path / "r"))

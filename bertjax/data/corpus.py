@@ -204,8 +204,9 @@ def open_tfds(name: str, split: str, data_dir: str):
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
   except Exception as e:  # tfds raises many types; the user must fix name/data_dir/format
+    first = (str(e).strip().splitlines() or [""])[0][:300]
     raise UserError(f"tfds:{name}:{split} (data_dir={data_dir or 'default'}): cannot open as an "
-                    f"array_record data source ({type(e).__name__}: {e}); prepare it with "
+                    f"array_record data source ({type(e).__name__}: {first}); prepare it with "
                     "file_format=array_record and set data.tfds_data_dir") from None
 
 

@@ -35,11 +35,16 @@ def mask_batch(ids: np.ndarray, maskable: np.ndarray, keys: np.ndarray, *, maske
   u = rng.uniform_grid(keys, _SELECT, s)                                      # [B, S]
   if word_start is None:
     score = np.where(maskable, u, 2.0)                                        # [B, S]
-    order = np.argsort(score, axis=1, kind="stable")[:, :p]                   # [B, P]
+    if p < s:  # the P smallest scores (unordered), then order just those
+      cand = np.argpartition(score, p - 1, axis=1)[:, :p]                     # [B, P]
+      order = np.take_along_axis(
+          cand, np.argsort(np.take_along_axis(score, cand, 1), axis=1), 1)    # [B, P]
+    else:
+      order = np.argsort(score, axis=1)                                       # [B, S]
     chosen = np.arange(order.shape[1])[None, :] < k[:, None]                  # [B, P]
     pos = np.where(chosen, order, s)
   else:
-    pos = _whole_word_positions(ids, maskable, u, k, word_start, p)           # [B, P]
+    pos = _whole_word_positions(maskable, u, k, word_start[ids], p)           # [B, P]
     chosen = pos < s
   pos = np.sort(pos, axis=1)                                                  # [B, P] ascending
   chosen = np.sort(~chosen, axis=1) == 0  # chosen first, same count: sort moved them left
@@ -59,29 +64,30 @@ def mask_batch(ids: np.ndarray, maskable: np.ndarray, keys: np.ndarray, *, maske
           "masked_lm_weights": chosen.astype(np.float32)}
 
 
-def _whole_word_positions(ids, maskable, u, k, word_start, p) -> np.ndarray:
-  """[B, P] positions (S = unused) of whole words chosen in random order up to k tokens."""
-  b, s = ids.shape
-  starts = word_start[ids] | ~maskable                                        # [B, S]
+def _whole_word_positions(maskable, u, k, token_starts, p) -> np.ndarray:
+  """[B, P] positions (S = unused) of whole words taken in random order, a word skipped when it
+  would overshoot k (BERT's rule); exact, vectorised over rows, looping over word ranks."""
+  b, s = maskable.shape
+  pos = np.arange(s)
+  starts = token_starts | ~maskable                                          # [B, S]
   starts[:, 1:] |= ~maskable[:, :-1]      # a token after [CLS]/[SEP] starts a word
-  first = np.maximum.accumulate(np.where(starts, np.arange(s), 0), axis=1)    # [B, S] word head
-  wscore = np.take_along_axis(u, first, 1)                                    # [B, S]
-  out = np.full((b, p), s, np.int64)
-  for r in range(b):
-    heads = np.flatnonzero(starts[r] & maskable[r])
-    if not len(heads):
-      continue
-    ends = np.append(heads[1:], s)
-    # a word runs from its head to the next start (maskable tokens only)
-    lengths = [int(maskable[r, h:e].sum()) for h, e in zip(heads, ends)]
-    taken, n = [], 0
-    for w in np.argsort(wscore[r, heads], kind="stable"):
-      if n >= k[r]:
-        break
-      if n + lengths[w] > k[r]:
-        continue
-      h = heads[w]
-      taken.extend(range(h, h + lengths[w]))
-      n += lengths[w]
-    out[r, :len(taken)] = taken
-  return out
+  heads = starts & maskable                                                  # [B, S]
+  # next word start after each position (non-maskable positions count as starts)
+  nxt = np.where(starts, pos, s)[:, ::-1]
+  nxt = np.minimum.accumulate(nxt, axis=1)[:, ::-1]                          # [B, S] first start >= t
+  nxt = np.concatenate([nxt[:, 1:], np.full((b, 1), s)], 1)                  # first start > t
+  length = np.where(heads, nxt - pos, 0)                                     # [B, S] word length
+  order = np.argsort(np.where(heads, u, 2.0), axis=1)                        # [B, S] random words
+  lens = np.take_along_axis(length, order, 1)                                # [B, S] 0 = no word
+  n = np.zeros(b, np.int64)
+  taken = np.zeros((b, s), bool)
+  for t in range(int(heads.sum(1).max(initial=0))):
+    take = (lens[:, t] > 0) & (n + lens[:, t] <= k)                          # [B]
+    n += np.where(take, lens[:, t], 0)
+    taken[:, t] = take
+  head_taken = np.zeros((b, s), bool)
+  np.put_along_axis(head_taken, order, taken, 1)                             # [B, S] by position
+  first = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)            # [B, S] word head
+  masked = np.take_along_axis(head_taken, first, 1) & maskable               # [B, S]
+  out = np.argsort(~masked, axis=1, kind="stable")[:, :p]                    # [B, P]
+  return np.where(np.take_along_axis(masked, out, 1), out, s)

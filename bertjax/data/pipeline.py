@@ -21,7 +21,7 @@ import grain
 import numpy as np
 
 from bertjax.data import masking, pairs, rng, shards
-from bertjax.data.prepare import load_manifest
+from bertjax.data.prepare import FORMAT_VERSION, load_manifest
 from bertjax.errors import UserError
 
 _S_EXAMPLE, _S_PAIR = 0xE8A, 0xE8B
@@ -35,6 +35,9 @@ class _PretrainBatches:
                short_seq_prob: float, whole_word_masking: bool, seed: int, process_index: int,
                process_count: int):
     manifest = load_manifest(prepared_dir)
+    if manifest.get("fingerprint", {}).get("version") != FORMAT_VERSION:
+      raise UserError(f"{prepared_dir}: prepared by another bertjax version; re-run "
+                      f"`bertjax prepare --out {prepared_dir}`")
     if split not in manifest["splits"]:
       raise UserError(f"{prepared_dir}: no split {split!r}; use one of {sorted(manifest['splits'])}")
     info = manifest["splits"][split]
