@@ -119,7 +119,7 @@ def tokenizer_files(path: str) -> list[str]:
 
 def tokenizer_identity(path: str) -> dict:
   """What identifies a tokenizer across machines: its file name and the SHA-256 of its bytes."""
-  return {"name": os.path.basename(path), "sha256": _sha256(path)}
+  return {"file": os.path.basename(path), "sha256": _sha256(path)}
 
 
 def _crc32(path: str) -> int:
@@ -452,10 +452,14 @@ class Checkpointer:
         if old != new:
           diffs.append(f"{key}: checkpoint {old!r}, now {new!r}")
     old_tok, new_tok = meta.get("tokenizer"), self._tokenizer
-    if old_tok and new_tok and old_tok.get("sha256") != new_tok.get("sha256"):
-      diffs.append(f"data.tokenizer: checkpoint {old_tok.get('name')} "
-                   f"(sha256 {old_tok.get('sha256', '?')[:12]}), now {new_tok.get('name')} "
-                   f"(sha256 {new_tok.get('sha256', '?')[:12]})")
+    if old_tok and new_tok:
+      for key in sorted((set(old_tok) | set(new_tok)) - {"files"}):
+        old, new = old_tok.get(key, "<absent>"), new_tok.get(key, "<absent>")
+        if old != new:
+          if key == "sha256":
+            old, new = f"{str(old)[:12]}...", f"{str(new)[:12]}..."
+          diffs.append(f"tokenizer {key}: checkpoint {old!r}, now {new!r} "
+                       f"(data.tokenizer={_get(self.config or {}, 'data.tokenizer')})")
     if diffs:
       raise UserError(
           f"{self.step_dir(step)} was written by a run with a different setup: "

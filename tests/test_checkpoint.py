@@ -240,7 +240,7 @@ def test_config_and_tokenizer_mismatch_named(tmp_path):
   msg = str(e.value)
   assert "model.hidden_size: checkpoint 256, now 512" in msg
   assert "data.max_seq_length: checkpoint 128, now 64" in msg
-  assert "data.tokenizer" in msg and "--init-from" in msg
+  assert "tokenizer sha256" in msg and "--init-from" in msg
   assert "num_steps" not in msg and "learning_rate" not in msg
 
 
