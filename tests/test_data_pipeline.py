@@ -298,3 +298,59 @@ def test_vectorised_truncation_and_coin_flips():
   heads = rng.coin_flips_array(np.full(4000, 100), keys, 5)
   assert abs(heads.mean() - 50) < 1 and heads.min() >= 0 and heads.max() <= 100
   assert (rng.coin_flips_array(np.zeros(10, int), keys[:10], 5) == 0).all()
+
+
+def _reference_wwm(maskable_row, u_row, k, ws_row):
+  """BERT's create_masked_lm_predictions (whole words), written the plain per-row way."""
+  words, cur = [], []
+  for t in range(len(maskable_row)):
+    if not maskable_row[t]:
+      cur = []
+      continue
+    if ws_row[t] or not cur:
+      cur = [t]
+      words.append(cur)
+    else:
+      cur.append(t)
+  out = []
+  for w in sorted(words, key=lambda w: u_row[w[0]]):
+    if len(out) >= k:
+      break
+    if len(out) + len(w) > k:
+      continue
+    out += w
+  return sorted(out)
+
+
+@pytest.mark.parametrize("wwm", [False, True])
+def test_mask_batch_matches_reference(wwm):
+  from bertjax.data import masking, rng
+  r = np.random.default_rng(0)
+  v, b, s, p = 60, 64, 48, 10
+  ws = r.random(v) < 0.6
+  ws[:5] = True
+  special = np.arange(v) < 5
+  ids = r.integers(5, v, (b, s)).astype(np.int32)
+  n = r.integers(6, s + 1, b)
+  ids[np.arange(s)[None] >= n[:, None]] = 0
+  ids[:, 0] = 2
+  ids[np.arange(b), n - 1] = 3
+  ids[np.arange(b), r.integers(2, n - 2)] = 3
+  maskable = (ids != 0) & ~special[ids]
+  keys = rng.mix_array(np.arange(b), 99)
+  orig = ids.copy()
+  out = masking.mask_batch(ids, maskable, keys, masked_lm_prob=0.25, max_predictions=p,
+                           mask_id=4, random_pool=np.arange(5, v, dtype=np.int32),
+                           word_start=ws if wwm else None)
+  u = rng.uniform_grid(keys, masking._SELECT, s)
+  for i in range(b):
+    k = min(p, max(1, int(np.rint(maskable[i].sum() * 0.25))))
+    if wwm:
+      want = _reference_wwm(maskable[i], u[i], k, ws[orig[i]])
+    else:
+      want = sorted(np.flatnonzero(maskable[i])[np.argsort(u[i][maskable[i]])[:k]].tolist())
+    got = out["masked_lm_positions"][i][out["masked_lm_weights"][i] > 0].tolist()
+    assert got == want, i
+    np.testing.assert_array_equal(out["masked_lm_ids"][i][:len(got)], orig[i, got])
+    changed = np.flatnonzero(ids[i] != orig[i])
+    assert set(changed.tolist()) <= set(got)
