@@ -201,6 +201,7 @@ def test_whole_word_masking_never_splits_a_word(kind, prepared, prepared_wordpie
   assert split > 0
 
 
+@pytest.mark.slow  # spawns grain worker processes (~20 s on 2 busy cores)
 def test_same_batches_for_0_1_2_workers_and_resume_with_workers(prepared):
   ref = batches(prepared, 4, num_workers=0)
   for nw in (1, 2):

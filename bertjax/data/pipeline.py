@@ -92,7 +92,8 @@ class _PretrainBatches:
           self._plans.pop(min(self._plans))
         self._plans[epoch] = pairs.plan_epoch(
             self.sent_lens, self.piece_off, seed=self.seed, epoch=epoch,
-            max_num_tokens=self.s - 3, short_seq_prob=self.short_seq_prob)
+            max_num_tokens=self.s - 3, short_seq_prob=self.short_seq_prob,
+            sent_offsets=self.sent_off)
       return self._plans[epoch]
 
   def epoch_size(self, epoch: int) -> int:
