@@ -115,6 +115,10 @@ def read_text(path: str, stats: ReadStats | None = None) -> str:
       raw = f.read()
   except OSError as e:
     raise UserError(f"{path}: cannot read ({e.strerror}); check the corpus globs") from None
+  nul = raw.find(b"\x00")
+  if nul >= 0:  # Latin-1 would "decode" any bytes: catch binary and UTF-16 files here
+    raise UserError(f"{path}: binary or UTF-16 data (NUL byte at offset {nul}), not text; "
+                    "remove it from data.corpus or convert it to UTF-8")
   try:
     return raw.decode("utf-8-sig")
   except UnicodeDecodeError as e:
