@@ -320,6 +320,7 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
                     f"max_position_embeddings={cfg.model.max_position_embeddings}")
   with cfg.unlocked():
     cfg.data.max_seq_length = f.max_seq_length  # so config.validate checks it too
+    cfg.data.max_predictions_per_seq = min(cfg.data.max_predictions_per_seq, f.max_seq_length)
 
   def cap(xs, n):
     return xs[:n] if n else xs

