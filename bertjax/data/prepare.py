@@ -126,9 +126,11 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
   if os.path.isfile(manifest_path):
     with open(manifest_path) as f:
       old = json.load(f)
+    needed = [s["file"] for sp in old.get("splits", {}).values() for s in sp["shards"]]
+    needed += [f"{sp}-{kind}.bin" for sp in ("train", "heldout")
+               for kind in ("sentlens", "pieces", "sentoffs")] + ["token_tables.npz"]
     if old.get("fingerprint") == fingerprint and all(
-        os.path.isfile(os.path.join(out_dir, s["file"]))
-        for sp in old["splits"].values() for s in sp["shards"]):
+        os.path.isfile(os.path.join(out_dir, f)) for f in needed):
       return old
     os.remove(manifest_path)  # stale: rewrite below (the manifest is written last)
   os.makedirs(out_dir, exist_ok=True)
@@ -148,9 +150,9 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
     _init_worker(tok.path, tok.do_lower_case)
     pool, results = None, map(_run_task, tasks)
   try:
+    notes = []
     for task_stats, docs, msgs in results:
-      for m in msgs:
-        warnings.warn(m, stacklevel=2)
+      notes += msgs
       stats.merge(task_stats)
       for doc in docs:
         split = "heldout" if _is_heldout(doc, data_cfg.seed, data_cfg.heldout_fraction) else "train"
@@ -160,6 +162,9 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
       pool.close()
       pool.join()
   splits = {s: w.close() for s, w in writers.items()}
+  if notes:  # one warning naming every file (e.g. each Latin-1 file), not one per file
+    shown = "; ".join(notes[:20]) + (f"; and {len(notes) - 20} more" if len(notes) > 20 else "")
+    warnings.warn(f"{len(notes)} input warning(s): {shown}", stacklevel=2)
 
   summary = stats.as_dict()
   if splits["train"]["tokens"] == 0:
