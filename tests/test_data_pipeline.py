@@ -355,3 +355,21 @@ def test_mask_batch_matches_reference(wwm):
     np.testing.assert_array_equal(out["masked_lm_ids"][i][:len(got)], orig[i, got])
     changed = np.flatnonzero(ids[i] != orig[i])
     assert set(changed.tolist()) <= set(got)
+
+
+@pytest.mark.slow  # prepares the whole shared corpus (~18 MB of text)
+def test_statistics_on_full_shared_corpus(shared_data, tmp_path_factory):
+  out = _prepare(tmp_path_factory, "shared", str(shared_data / "corpus" / "**" / "*"), SPM,
+                 heldout_fraction=0.02)
+  m = load_manifest(out)
+  assert m["splits"]["train"]["tokens"] > 3_000_000
+  assert len(m["summary"]["latin1_files"]) == 9          # as listed in shared PROVENANCE.md
+  b = cat(batches(out, 80, global_batch_size=256, seed=11))
+  specials = np.load(os.path.join(out, "token_tables.npz"))["special"]
+  orig = original_ids(b)
+  w = b["masked_lm_weights"] > 0
+  assert abs(w.sum() / ((b["input_mask"] > 0) & ~specials[orig]).sum() - 0.15) < 0.005
+  r, c = np.nonzero(w)
+  now, was = b["input_ids"][r, b["masked_lm_positions"][r, c]], b["masked_lm_ids"][r, c]
+  assert abs((now == 4).mean() - 0.8) < 0.01 and abs((now == was).mean() - 0.1) < 0.01
+  assert abs(b["next_sentence_labels"].mean() - 0.5) < 0.02

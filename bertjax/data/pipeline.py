@@ -16,6 +16,7 @@ import bisect
 import os
 import sys
 import threading
+import warnings
 
 import grain
 import numpy as np
@@ -59,6 +60,10 @@ class _PretrainBatches:
     sp = manifest["special_ids"]
     self.cls_id, self.sep_id, self.mask_id, self.pad_id = sp["cls"], sp["sep"], sp["mask"], sp["pad"]
     self._tables = dict(np.load(os.path.join(prepared_dir, "token_tables.npz")))
+    if info["documents"] < 2:
+      warnings.warn(f"{prepared_dir} split {split!r} has one document: NotNext segments will "
+                    "come from that same document; add documents for a meaningful NSP task",
+                    stacklevel=3)
     self._init_local()
 
   def _init_local(self):
