@@ -84,7 +84,9 @@ def _place_params(tree, shardings):
 
 
 def _progress(total: int, initial: int, enabled: bool):
-  if not enabled:
+  """A tqdm bar on a terminal; elsewhere (logs, CI) plain lines are printed at log steps."""
+  import sys
+  if not enabled or not sys.stderr.isatty():
     return None
   from tqdm import tqdm
   return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc="train")
@@ -163,7 +165,7 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
   finite_flags = []
   window_start, window_steps, window_rows, window_tokens = None, 0, 0, 0
   flops = None
-  with PreemptionGuard() as guard:
+  with PreemptionGuard() as guard, ckpt.finish_on_error():
     while step < t.num_steps:
       if data.ensure_phase(step) and is_main:
         print(f"[{task.name}] phase 2 from step {step}", flush=True)
@@ -195,10 +197,12 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
       record = {}
       if step % t.log_every == 0 or step == t.num_steps:
         m = jax.device_get(m)
-        if t.nan_policy == "stop" and not all(bool(f) for f in jax.device_get(finite_flags)):
+        flags = [bool(f) for f in jax.device_get(finite_flags)]
+        if t.nan_policy == "stop" and not all(flags):
           raise FloatingPointError(
-              f"non-finite loss or gradient before step {step}; lower optim.learning_rate, "
-              f"check the data, or set train.nan_policy=skip")
+              f"non-finite loss or gradient at step {step - len(flags) + 1 + flags.index(False)}"
+              f"; stopped at step {step}, the latest checkpoint has finite weights; lower "
+              f"optim.learning_rate, check the data, or set train.nan_policy=skip")
         finite_flags.clear()
         record = combine_host({k: v for k, v in m.items() if k != "finite"})
         now = time.time()
@@ -213,6 +217,9 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
         if bar is not None:
           bar.set_postfix(loss=f"{record['loss']:.3f}",
                           seq_s=f"{record.get('seq_per_s', 0):.1f}", refresh=False)
+        elif progress and is_main:
+          print(f"[{task.name}] step {step}/{t.num_steps} loss {record['loss']:.4f} "
+                f"{record.get('seq_per_s', 0):.1f} seq/s", flush=True)
       if t.eval_every and (step % t.eval_every == 0 or step == t.num_steps):
         last_eval = evaluate(state)
         record.update(last_eval)

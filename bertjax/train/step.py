@@ -104,7 +104,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, s
         grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
       metrics = {k: v if _is_sum(k, metrics) else v / accum for k, v in metrics.items()}
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
