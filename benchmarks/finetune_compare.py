@@ -132,6 +132,7 @@ def peer_classification(args, log) -> dict:
   result = {"accuracy": 100 * metrics.accuracy(preds, y), "f1": 100 * metrics.f1_binary(preds, y),
             "mcc": 100 * metrics.matthews_corrcoef(preds, y)}
   return {"metrics": result, "steps": steps, "train_s": train_s, "wall_s": time.time() - t0,
+          "train_seq_per_s": steps * args.batch / train_s,
           "num_train": len(train), "num_eval": len(dev)}
 
 
@@ -208,6 +209,7 @@ def peer_squad(args, log) -> dict:
   preds = {e.qid: best[e.qid][1] for e in dev}
   result = metrics.squad_v1({e.qid: e.answers for e in dev}, preds)
   return {"metrics": result, "steps": steps, "train_s": train_s, "wall_s": time.time() - t0,
+          "train_seq_per_s": steps * args.batch / train_s,
           "num_train": len(train), "num_eval": len(dev), "num_train_features": len(starts)}
 
 
@@ -237,7 +239,8 @@ def ours_cmd(args, workdir: str) -> list[str]:
          f"--config.finetune.max_seq_length={args.seq}",
          f"--config.finetune.max_train_examples={args.max_train}",
          f"--config.finetune.max_eval_examples={args.max_eval}",
-         "--config.finetune.eval_every=1000000", "--config.checkpoint.every_steps=1000000"]
+         "--config.finetune.eval_every=1000000", "--config.checkpoint.every_steps=1000000",
+         "--config.finetune.predict_test=false"]
   if args.task == "squad":
     cmd += [f"--config.finetune.article_split={args.article_split}",
             f"--config.finetune.doc_stride={args.doc_stride}",
@@ -260,7 +263,11 @@ def ours_main(args) -> dict:
     res = json.load(f)["results"]
   split = next(iter(res))
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  # Steady-state training throughput (the trainer's windows exclude the compiling first step
+  # and evaluation time), weighted by the steps in each logging window.
+  speeds = [r["seq_per_s"] for r in rows if r.get("seq_per_s")]
   return {"metrics": res[split], "steps": max(r["step"] for r in rows), "wall_s": wall,
+          "train_seq_per_s": sum(speeds) / len(speeds) if speeds else None,
           "command": " ".join(cmd)}
 
 
@@ -304,16 +311,21 @@ def main(argv=None) -> int:
       json.dump(record, open(path, "w"), indent=1)
     if args.side == "both":
       peer_py = REPO / ".venv-peer" / "bin" / "python"
+      t0 = time.time()
       subprocess.run([str(peer_py), __file__] + (argv or sys.argv[1:]) + ["--side", "peer"],
                      check=True)
+      process_s = time.time() - t0
       record = dict(json.load(open(path)), ours=record["ours"])
+      record["peer"]["process_s"] = process_s
+      record["ours"]["process_s"] = record["ours"]["wall_s"]
   json.dump(record, open(path, "w"), indent=1)
   for side in ("ours", "peer"):
     if side in record:
       r = record[side]
       print(f"| {args.task} | {side} | " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                    r["metrics"].items())
-            + f" | steps {r['steps']} | wall {r['wall_s']:.0f}s |")
+            + f" | steps {r['steps']} | process {r.get('process_s', r['wall_s']):.0f}s"
+            + f" | train {r.get('train_seq_per_s') or 0:.2f} seq/s |")
   return 0
 
 

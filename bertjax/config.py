@@ -144,7 +144,8 @@ def base_config() -> ml_collections.ConfigDict:
                                         #   rest evaluate (when no train file is at hand)
   f.freeze = "none"                     # reserved for issue 9: none | encoder | embeddings
   f.freeze_layers = 0                   # reserved for issue 9: also freeze the first k layers
-  f.write_predictions = True            # write dev (and test, if present) predictions at the end
+  f.write_predictions = True            # write dev predictions (and test: predict_test) at the end
+  f.predict_test = True                 # also read and predict the test split when its file exists
   return c
 
 

@@ -143,3 +143,15 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
   assert rc == 2 and "did you mean --config.finetune.max_seq_length" in capsys.readouterr().err
   with pytest.raises(UserError, match="unknown task"):
     finetune.build(tiny_cfg(tmp_path, "nosuchtask", tmp_path))
+
+
+def test_finetune_configs_load_with_their_run_command():
+  import pathlib
+  from bertjax.config import load_config
+  paths = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("finetune_*.py"))
+  assert {p.name for p in paths} >= {"finetune_glue.py", "finetune_squad.py", "finetune_conll.py"}
+  for p in paths:
+    cfg = load_config(str(p), ["--config.finetune.num_epochs=1"])
+    assert cfg.finetune.num_epochs == 1.0 and cfg.optim.learning_rate <= 1e-4
+    assert f"bertjax finetune --config configs/{p.name}" in p.read_text()
+  assert load_config(str(paths[-1].parent / "finetune_squad.py")).finetune.doc_stride == 128

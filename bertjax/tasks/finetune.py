@@ -236,8 +236,10 @@ class FinetuneJob:
 
   def evaluate(self, params) -> dict:
     out = {}
+    # The trainer's final evaluation and write_predictions see the same params: predict once.
+    self._last = (params, {es.split: self.predict(params, es) for es in self.evals})
     for es in self.evals:
-      m = self.score(es, self.predict(params, es))
+      m = self.score(es, self._last[1][es.split])
       prefix = "" if len(self.evals) == 1 else es.split + "_"
       out.update({prefix + k: float(v) for k, v in m.items()})
     return out
@@ -248,8 +250,12 @@ class FinetuneJob:
     out_dir = os.path.join(workdir, "predictions")
     paths, results = {}, {}
     name = self.spec.name
+    last = getattr(self, "_last", (None, {}))
     for es in self.evals + ([self.test] if self.test is not None else []):
-      preds = self.predict(params, es)
+      if last[0] is params and es.split in last[1]:
+        preds = last[1][es.split]
+      else:
+        preds = self.predict(params, es)
       if es is not self.test:
         results[es.split] = {k: float(v) for k, v in self.score(es, preds).items()}
       fam = self.spec.family
@@ -336,10 +342,12 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
     evals.append(EvalSet(split, ex, _features(spec, ex, tok, f, label_map, False)))
   test = None
   try:
+    if not f.predict_test:
+      raise UserError(f"no {spec.test_split} file wanted (finetune.predict_test=false)")
     test_ex = cap(spec.read(f.data, spec.test_split, f), f.max_eval_examples)
     test = EvalSet(spec.test_split, test_ex, _features(spec, test_ex, tok, f, label_map, False))
   except UserError as e:
-    if "no test file" not in str(e) and f"no {spec.test_split} file" not in str(e):
+    if f"no {spec.test_split} file" not in str(e):
       raise
   train_feats = _features(spec, train_ex, tok, f, label_map, True)
   keep = INPUTS + TARGETS[spec.family]
