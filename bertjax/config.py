@@ -142,8 +142,9 @@ def base_config() -> ml_collections.ConfigDict:
   f.max_answer_length = 30              # SQuAD: longest answer span, in tokens
   f.article_split = 0                   # SQuAD: >0 = first N articles of the dev file train, the
                                         #   rest evaluate (when no train file is at hand)
-  f.freeze = "none"                     # reserved for issue 9: none | encoder | embeddings
-  f.freeze_layers = 0                   # reserved for issue 9: also freeze the first k layers
+  f.freeze = "none"                     # none | encoder (linear probe: only the head trains) |
+                                        #   embeddings (and the first freeze_layers layers)
+  f.freeze_layers = 0                   # with freeze=embeddings: also freeze layers 0..k-1
   f.write_predictions = True            # write dev predictions (and test: predict_test) at the end
   f.predict_test = True                 # also read and predict the test split when its file exists
   return c

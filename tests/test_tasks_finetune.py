@@ -155,3 +155,47 @@ def test_finetune_configs_load_with_their_run_command():
     assert cfg.finetune.num_epochs == 1.0 and cfg.optim.learning_rate <= 1e-4
     assert f"bertjax finetune --config configs/{p.name}" in p.read_text()
   assert load_config(str(paths[-1].parent / "finetune_squad.py")).finetune.doc_stride == 128
+
+
+def test_freeze_predicates():
+  enc = finetune.freeze_predicate("encoder")
+  assert enc(("bert", "pooler", "kernel")) and not enc(("classifier", "dense", "kernel"))
+  emb = finetune.freeze_predicate("embeddings", 1)
+  assert emb(("bert", "embeddings", "LayerNorm", "scale"))
+  assert emb(("bert", "layer_0", "output", "kernel"))
+  assert not emb(("bert", "layer_1", "output", "kernel"))
+  assert finetune.freeze_predicate("none") is None
+  with pytest.raises(UserError, match="freeze"):
+    finetune.freeze_predicate("none", 2)
+
+
+@pytest.mark.slow
+def test_frozen_encoder_is_bit_for_bit_unchanged(tmp_path):
+  from bertjax.train import loop
+  rng = np.random.default_rng(2)
+  data = tmp_path / "data"
+  data.mkdir()
+  for split in ("train", "dev"):
+    body = [f"{t}\t{y}" for t, y in _sentences(rng, 32)]
+    (data / f"{split}.tsv").write_text("\n".join(["text\tlabel"] + body) + "\n")
+  cfg = tiny_cfg(tmp_path, "tsv", data, num_epochs=1.0, freeze="encoder")
+  job = finetune.build(cfg)
+  batch = next(featurize_iter(job))
+  before = job.task.init_params(jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), 0), batch)
+  summary = loop.train(job.task, cfg, str(tmp_path / "w"), mesh=job.mesh, progress=False)
+  after = summary["state"].params
+  for a, b in zip(jax.tree_util.tree_leaves(before["bert"]), jax.tree_util.tree_leaves(after["bert"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not np.array_equal(np.asarray(before["classifier"]["dense"]["kernel"]),
+                            np.asarray(after["classifier"]["dense"]["kernel"]))
+  # Adam moments exist for the head only.
+  n_moments = sum(x.size for x in jax.tree_util.tree_leaves(summary["state"].opt_state)
+                  if hasattr(x, "ndim") and x.ndim > 0)
+  head = sum(x.size for x in jax.tree_util.tree_leaves(after["classifier"]))
+  assert n_moments == 2 * head
+
+
+def featurize_iter(job):
+  from bertjax.tasks import featurize
+  return featurize.BatchIterator({k: job.train_features[k] for k in ("input_ids", "segment_ids",
+                                                                     "input_mask", "label")}, 16)

@@ -312,9 +312,7 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
   if regression and spec.family == "classification":
     spec = dataclasses.replace(spec, family="regression",
                                metrics=registry.get("stsb").metrics, primary_metric="pearson")
-  if f.freeze not in ("none",) or f.freeze_layers:
-    raise UserError(f"finetune.freeze={f.freeze!r}: freezing is not implemented yet (issue 9); "
-                    "use none")
+  frozen = freeze_predicate(f.freeze, f.freeze_layers)
 
   encoder_params, tok_path, lower = load_init(cfg)
   tok = tokenizer or load_tokenizer(tok_path, lower)
@@ -386,9 +384,29 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
   job.task = TrainTask(
       name=f"finetune-{spec.name}", model=model, init_params=init_params,
       loss_fn=functools.partial(loss_fn, model, spec.family), train_iter=it,
-      eval_fn=job.evaluate, load_pretrained=load,
+      eval_fn=job.evaluate, load_pretrained=load, frozen=frozen,
       tokenizer_identity=tok.identity() if hasattr(tok, "identity") else None)
   return job
+
+
+def freeze_predicate(freeze: str, layers: int = 0):
+  """finetune.freeze -> the TrainTask's `frozen(path)` (None = train everything).
+
+  encoder:    everything under "bert" (embeddings, layers, pooler): only the head trains, a
+              linear probe on the pretrained features;
+  embeddings: the embeddings and the first `layers` transformer layers.
+  Frozen leaves get no optimizer state and no update (bertjax.optim: optax.set_to_zero).
+  """
+  if freeze == "none":
+    if layers:
+      raise UserError("finetune.freeze_layers needs finetune.freeze=embeddings")
+    return None
+  if freeze == "encoder":
+    return lambda path: path[0] == "bert"
+  if freeze == "embeddings":
+    names = {"embeddings"} | {f"layer_{i}" for i in range(layers)}
+    return lambda path: path[0] == "bert" and len(path) > 1 and path[1] in names
+  raise UserError(f"finetune.freeze={freeze!r}: use none, encoder or embeddings")
 
 
 def _check_tree(fresh, loaded, where: str) -> None:
