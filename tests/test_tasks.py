@@ -215,3 +215,22 @@ def test_glue_prediction_tsv(tmp_path):
   ex = [glue.Example("0", "a", None, None), glue.Example("1", "b", None, None)]
   glue.write_predictions(str(tmp_path / "p.tsv"), ex, ["1", "0"])
   assert (tmp_path / "p.tsv").read_text() == "index\tprediction\n0\t1\n1\t0\n"
+
+
+def test_glue_pair_layouts_by_header(tmp_path):
+  d = tmp_path
+  (d / "train.tsv").write_text(
+      "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+      "0\tmain\tf\t2012\t1\ts\ts\tA plane is taking off.\tAn air plane is taking off.\t5.000\n")
+  ex = registry.get("STS-B").read(str(d), "train", None)
+  assert (ex[0].text_b, ex[0].label, ex[0].guid) == ("An air plane is taking off.", 5.0, "0")
+  (d / "dev_matched.tsv").write_text(
+      "index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\tsentence2\tlabel1\tgold_label\n"
+      "0\t1\t1e\tgov\tx\tx\tx\tx\tThe new rights are nice.\tEveryone loves them.\tneutral\tneutral\n")
+  ex = registry.get("mnli").read(str(d), "dev_matched", None)
+  assert (ex[0].text_a, ex[0].label) == ("The new rights are nice.", "neutral")
+  (d / "train.tsv").write_text("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+                               "1\t1\t2\tWhy?\tHow?\t0\n2\t3\t4\tbroken question\n")
+  with pytest.warns(UserWarning, match="skipped 1 rows"):
+    ex = registry.get("qqp").read(str(d), "train", None)
+  assert [(e.guid, e.label) for e in ex] == [("1", "0")]

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from typing import Any, Iterator, Optional, Sequence
 
 from bertjax import metrics
@@ -56,6 +57,9 @@ class Layout:
   label: Any = None
   header: bool = True        # train/dev have a header row (CoLA's do not)
   guid: Any = None           # id column of the labelled files (None = line number)
+  # Skip (and count, with a warning) rows too short for the columns: QQP's released train
+  # file has a few questions broken across lines, which transformers' reader also skips.
+  skip_short_rows: bool = False
 
 
 def _column(header: Optional[list[str]], key: Any, path: str) -> Optional[int]:
@@ -99,10 +103,13 @@ def read_layout(path: str, split: str, layout: Layout, labels: Optional[Sequence
       raise UserError(f"{path}:1: header {header} lacks the label column {layout.label!r}")
   need = max(i for i in (text_a, text_b, label, guid) if i is not None) + 1
   label_set = set(labels) if labels is not None else None
-  out = []
+  out, skipped = [], []
   for line, row in rows:
     if not row or (len(row) == 1 and not row[0].strip()):
       continue  # blank line (e.g. a trailing one)
+    if len(row) < need and layout.skip_short_rows:
+      skipped.append(line)
+      continue
     if len(row) < need:
       raise UserError(f"{path}:{line}: expected at least {need} tab-separated fields, found "
                       f"{len(row)}; a malformed row (quoting must stay off for GLUE TSVs)")
@@ -121,6 +128,9 @@ def read_layout(path: str, split: str, layout: Layout, labels: Optional[Sequence
         text_a=row[text_a],
         text_b=row[text_b] if text_b is not None else None,
         label=y))
+  if skipped:
+    warnings.warn(f"{path}: skipped {len(skipped)} rows with fewer than {need} fields "
+                  f"(first at line {skipped[0]})")
   return out
 
 
@@ -185,7 +195,8 @@ _glue("MNLI", Layout("sentence1", "sentence2", "gold_label"),
       ("contradiction", "entailment", "neutral"), _cls_metrics, "accuracy",
       eval_splits=("dev_matched", "dev_mismatched"), test_split="test_matched",
       description="GLUE MNLI (matched and mismatched dev)")
-_glue("QQP", Layout("question1", "question2", "is_duplicate", guid="id"), ("0", "1"),
+_glue("QQP", Layout("question1", "question2", "is_duplicate", guid="id", skip_short_rows=True),
+      ("0", "1"),
       _cls_f1_metrics, "f1", description="GLUE QQP duplicate questions (accuracy and F1)")
 _glue("STS-B", Layout("sentence1", "sentence2", "score"), None, _reg_metrics, "pearson",
       regression=True, description="GLUE STS-B similarity (Pearson, Spearman)")
