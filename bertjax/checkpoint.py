@@ -35,12 +35,14 @@ Preemption: `PreemptionGuard` turns SIGTERM/SIGINT into a flag; the loop asks
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import threading
@@ -177,6 +179,11 @@ def verify_manifest(step_dir: str) -> None:
 
 class CorruptCheckpoint(Exception):
   """A checkpoint on disk that cannot be trusted (bad manifest, missing or altered file)."""
+
+
+class CheckpointWriteError(UserError):
+  """The filesystem refused a checkpoint (full disk, quota, permissions). The previous
+  checkpoint is intact and is where the next run resumes; the CLI prints this as one line."""
 
 
 # --------------------------------------------------------- data-iterator state, one file a process
@@ -405,10 +412,13 @@ class Checkpointer:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=DataStateSave(data_state),
                               meta=ocp.args.JsonSave(meta))
-    self._mngr.wait_until_finished()  # the previous save's callback owns _pending_step
-    self._pending_step = step
+    self._wait_writes()  # the previous save's callback owns _pending_step
+    self._pending_step = self._writing = step
     metrics = {k: float(v) for k, v in (metrics or {}).items()} or None
-    saved = self._mngr.save(step, args=args, metrics=metrics, force=True)
+    try:
+      saved = self._mngr.save(step, args=args, metrics=metrics, force=True)
+    except Exception as e:
+      self._reraise_write_error(e)
     if not self.async_save:
       self.wait()
     return bool(saved)
@@ -420,12 +430,52 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Block until the last save is committed (raises if it failed)."""
-    self._mngr.wait_until_finished()
+    self._wait_writes()
     self._raise_manifest_error()
+
+  def _wait_writes(self) -> None:
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:
+      self._reraise_write_error(e)
+
+  def _reraise_write_error(self, e: Exception) -> None:
+    """A write the filesystem refused (OSError, or Orbax/TensorStore's os_error_code) becomes
+    one CheckpointWriteError naming the step and the checkpoint a restart will use."""
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    if not (isinstance(e, OSError) or code):
+      raise e
+    self._failed = True
+    reason = os.strerror(int(code.group(1))) if code else (e.strerror or str(e))
+    try:
+      self._mngr.reload()
+      latest = self._mngr.latest_step()
+    except Exception:  # the directory itself may be unreadable now
+      latest = "unknown"
+    raise CheckpointWriteError(
+        f"{self.directory}: writing checkpoint step {getattr(self, '_writing', '?')} failed "
+        f"({reason}); the latest complete checkpoint is step {latest}; free disk space (or "
+        f"fix the directory), then run the same command again to resume from it") from None
+
+  @contextlib.contextmanager
+  def finish_on_error(self):
+    """Around the training loop: when it raises (non-finite loss, a refused write, a second
+    Ctrl-C), let the save in flight commit first -- its state was checked finite when it
+    started -- instead of letting interpreter shutdown kill Orbax's writer mid-way."""
+    try:
+      yield
+    except BaseException:
+      if not getattr(self, "_failed", False):
+        try:
+          self.close()
+        except Exception as e:  # the original error is the one to report
+          log.warning("finishing the checkpoint in flight failed: %s", e)
+      raise
 
   def close(self) -> None:
     try:
-      self.wait()
+      if not getattr(self, "_failed", False):
+        self.wait()
     finally:
       self._mngr.close()
 

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
   except UserError as e:
     print(f"bertjax {name}: error: {e}", file=sys.stderr)
     return 2
+  except FloatingPointError as e:  # training diverged (train.nan_policy=stop): one line too
+    print(f"bertjax {name}: error: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

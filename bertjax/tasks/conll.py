@@ -57,7 +57,7 @@ def read_conll(path: str, label_column: str = "ner") -> list[Sentence]:
   except OSError as e:
     raise UserError(f"{path}: cannot read ({e.strerror})") from None
   with f:
-    for line_no, line in enumerate(f, 1):
+    for line_no, line in enumerate(_utf8_lines(f, path), 1):
       fields = line.split()
       if not fields:
         flush()
@@ -79,6 +79,17 @@ def read_conll(path: str, label_column: str = "ner") -> list[Sentence]:
       tags.append(fields[col])
   flush()
   return out
+
+
+def _utf8_lines(f, path: str):
+  """The lines of an open text file; bytes that are not UTF-8 are a UserError, not a crash."""
+  n = 0
+  try:
+    for n, line in enumerate(f, 1):
+      yield line
+  except UnicodeDecodeError:
+    raise UserError(f"{path}: not UTF-8 (around line {n + 1}); convert the file to "
+                    "UTF-8") from None
 
 
 _FILES = {"train": ("train.txt", "eng.train", "train.conll"),

@@ -41,6 +41,9 @@ def read_rows(path: str, delimiter: str = "\t") -> Iterator[tuple[int, list[str]
       reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
       line = 1
       for row in reader:
+        if any("\x00" in x for x in row):  # csv reads NUL bytes since Python 3.11
+          raise UserError(f"{path}:{line}: NUL byte: binary data, not a text "
+                          f"{'CSV' if delimiter == ',' else 'TSV'}; check the file")
         yield line, row
         line = reader.line_num + 1
   except UnicodeDecodeError as e:

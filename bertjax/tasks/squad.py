@@ -45,6 +45,8 @@ def read_squad(path: str) -> list[SquadExample]:
       data = json.load(f)
   except OSError as e:
     raise UserError(f"{path}: cannot read ({e.strerror})") from None
+  except UnicodeDecodeError as e:
+    raise UserError(f"{path}: not UTF-8 (byte {e.start}); convert the file to UTF-8") from None
   except json.JSONDecodeError as e:
     raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
   if not isinstance(data, dict) or not isinstance(data.get("data"), list):
@@ -64,6 +66,13 @@ def read_squad(path: str) -> list[SquadExample]:
           raise UserError(f"{path}: data[{a}].paragraphs[{p}].qas[{q}]: malformed question "
                           f"({type(e).__name__}: {e}); need id, question, answers[text, "
                           "answer_start]") from None
+        for i, (text, s) in enumerate(zip(answers, starts)):
+          if not (0 <= s <= len(context) - len(text) and context[s:s + len(text)] == text):
+            raise UserError(
+                f"{path}: data[{a}].paragraphs[{p}].qas[{q}].answers[{i}] (id {qa['id']}): "
+                f"answer {text[:40]!r} is not in the context at answer_start={s} (the context "
+                f"there reads {context[max(s, 0):max(s, 0) + len(text)][:40]!r}); fix "
+                "answer_start or the text")
   return out
 
 
