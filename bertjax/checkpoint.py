@@ -219,7 +219,7 @@ class DataStateHandler(ocp.CheckpointHandler):
     i, n = jax.process_index(), jax.process_count()
     path = directory / f"process_{i}-of-{n}.json"
     if not path.exists():
-      saved = sorted(p.name for p in directory.iterdir())
+      saved = sorted(p.name for p in directory.iterdir() if p.name.startswith("process_"))
       raise UserError(
           f"{directory}: the data position was saved by other processes ({', '.join(saved)}), "
           f"this run is process {i} of {n}; resume with the same number of processes, or start "

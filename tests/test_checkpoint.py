@@ -289,7 +289,6 @@ RESTORE_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
 def test_restore_in_processes_with_2_and_1_devices(tmp_path):
   mesh8 = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   with ck.Checkpointer(tmp_path / "wd", every_steps=1, keep=2) as c:
