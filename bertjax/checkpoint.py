@@ -309,7 +309,9 @@ class Checkpointer:
       self._tokenizer = dict(tokenizer_identity)
       if isinstance(tok_path, str) and os.path.isfile(tok_path):
         self._tokenizer["files"] = self._copy_tokenizer(tok_path, self._tokenizer)
-    self._pending_step: Optional[int] = None
+    self._pending_step: Optional[int] = None    # step whose manifest the writer thread owes
+    self._writing: Optional[int] = None         # step of the last save started
+    self._failed = False                        # a write was refused: close() must not wait
     self._manifest_error: Optional[BaseException] = None
     self._mngr = self._make_manager()
 
@@ -453,7 +455,7 @@ class Checkpointer:
     except Exception:  # the directory itself may be unreadable now
       latest = "unknown"
     raise CheckpointWriteError(
-        f"{self.directory}: writing checkpoint step {getattr(self, '_writing', '?')} failed "
+        f"{self.directory}: writing checkpoint step {self._writing} failed "
         f"({reason}); the latest complete checkpoint is step {latest}; free disk space (or "
         f"fix the directory), then run the same command again to resume from it") from None
 
@@ -465,7 +467,7 @@ class Checkpointer:
     try:
       yield
     except BaseException:
-      if not getattr(self, "_failed", False):
+      if not self._failed:
         try:
           self.close()
         except Exception as e:  # the original error is the one to report
@@ -474,7 +476,7 @@ class Checkpointer:
 
   def close(self) -> None:
     try:
-      if not getattr(self, "_failed", False):
+      if not self._failed:
         self.wait()
     finally:
       self._mngr.close()
