@@ -50,6 +50,11 @@ class _PretrainBatches:
                       f"{process_count} processes")
     if max_seq_length < 8:
       raise UserError(f"max_seq_length={max_seq_length}: use at least 8")
+    if not 1 <= max_predictions_per_seq <= max_seq_length:
+      raise UserError(f"max_predictions_per_seq={max_predictions_per_seq}: use 1..max_seq_length")
+    if not 0.0 < masked_lm_prob < 1.0 or not 0.0 <= short_seq_prob <= 1.0:
+      raise UserError(f"masked_lm_prob={masked_lm_prob} must be in (0, 1) and "
+                      f"short_seq_prob={short_seq_prob} in [0, 1]")
     self.dir, self.split = prepared_dir, split
     self.g, self.s, self.p = global_batch_size, max_seq_length, max_predictions_per_seq
     self.b = global_batch_size // process_count

@@ -13,10 +13,12 @@ existing manifest without work; anything else rewrites the directory's shards.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import time
 import warnings
 
@@ -132,20 +134,24 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
     if old.get("fingerprint") == fingerprint and all(
         os.path.isfile(os.path.join(out_dir, f)) for f in needed):
       return old
-    os.remove(manifest_path)  # stale: rewrite below (the manifest is written last)
-  os.makedirs(out_dir, exist_ok=True)
-  for name in os.listdir(out_dir):  # shards of an earlier, different preparation
-    if name.endswith((".array_record", ".bin", ".tmp")):
-      os.remove(os.path.join(out_dir, name))
+  # Written into a staging dir first: an earlier preparation is replaced only once this one
+  # has succeeded, so a bad corpus (an error below) leaves a good prepared dir as it was.
+  for old_stage in glob.glob(os.path.join(out_dir, ".preparing-*")):
+    if not _alive(int(old_stage.rsplit("-", 1)[1])):  # left by a killed run
+      shutil.rmtree(old_stage, ignore_errors=True)
+  stage = os.path.join(out_dir, f".preparing-{os.getpid()}")
+  shutil.rmtree(stage, ignore_errors=True)
+  os.makedirs(stage)
 
   t0 = time.time()
   token_dtype = "uint16" if tok.vocab_size <= 65535 else "int32"
-  writers = {s: shards.ShardWriter(out_dir, s, np.dtype(token_dtype)) for s in ("train", "heldout")}
+  writers = {s: shards.ShardWriter(stage, s, np.dtype(token_dtype)) for s in ("train", "heldout")}
   stats = corpus.ReadStats()
   if num_workers > 0:
     ctx = multiprocessing.get_context("spawn")
     pool = ctx.Pool(num_workers, _init_worker, (tok.path, tok.do_lower_case))
-    results = pool.imap(_run_task, tasks)
+    # ordered results; small files travel in groups to amortise inter-process overhead
+    results = pool.imap(_run_task, tasks, chunksize=max(1, min(64, len(tasks) // (8 * num_workers))))
   else:
     _init_worker(tok.path, tok.do_lower_case)
     pool, results = None, map(_run_task, tasks)
@@ -157,6 +163,9 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
       for doc in docs:
         split = "heldout" if _is_heldout(doc, data_cfg.seed, data_cfg.heldout_fraction) else "train"
         writers[split].add_document(doc)
+  except BaseException:
+    shutil.rmtree(stage, ignore_errors=True)
+    raise
   finally:
     if pool is not None:
       pool.close()
@@ -168,6 +177,7 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
 
   summary = stats.as_dict()
   if splits["train"]["tokens"] == 0:
+    shutil.rmtree(stage, ignore_errors=True)
     raise UserError(
         f"data.corpus={data_cfg.corpus!r}: no text left after reading ({summary['files']} files, "
         f"{summary['empty_files']} empty, {summary['empty_documents']} documents empty after "
@@ -183,13 +193,31 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
       "splits": splits, "summary": summary, "seconds": round(time.time() - t0, 2),
   }
   # Per-id tables the pipeline needs, so a prepared dir works without the tokenizer file.
-  np.savez(os.path.join(out_dir, "token_tables.npz"), special=tok.special_ids,
+  np.savez(os.path.join(stage, "token_tables.npz"), special=tok.special_ids,
            word_start=tok.word_start, pool=tok.random_token_pool())
+  if os.path.isfile(manifest_path):
+    os.remove(manifest_path)  # the earlier preparation goes now (the manifest is written last)
+  for name in os.listdir(out_dir):
+    if name.endswith((".array_record", ".bin", ".tmp")):
+      os.remove(os.path.join(out_dir, name))
+  for name in os.listdir(stage):
+    os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
+  os.rmdir(stage)
   tmp = manifest_path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(manifest, f, indent=1)
   os.replace(tmp, manifest_path)
   return manifest
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass
+  return True
 
 
 def load_manifest(prepared_dir: str) -> dict:
