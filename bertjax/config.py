@@ -266,6 +266,12 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
             f"train.global_batch_size={b} is not divisible by devices ({num_devices}) x "
             f"train.grad_accum_steps ({t.grad_accum_steps}); use a multiple of "
             f"{num_devices * t.grad_accum_steps}")
+  if t.phase2_start and t.phase2_max_predictions_per_seq > t.phase2_max_seq_length:
+    raise UserError("train.phase2_max_predictions_per_seq exceeds train.phase2_max_seq_length")
+  if t.num_steps < 1 or t.log_every < 1:
+    raise UserError("train.num_steps and train.log_every must be >= 1")
+  if t.nan_policy not in ("stop", "skip"):
+    raise UserError(f"train.nan_policy={t.nan_policy!r}: use stop or skip")
   if cfg.optim.name not in ("adamw", "lamb"):
     raise UserError(f"optim.name={cfg.optim.name!r}: use adamw or lamb")
   if cfg.optim.schedule not in ("linear", "cosine"):
