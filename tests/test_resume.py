@@ -104,7 +104,9 @@ def test_exact_resume_bitwise(tmp_path, prepared, reference):
   wd = tmp_path / "wd"
   run_pretrain(wd, prepared, 8)                       # stop after 8 steps ...
   assert ck.restore_params(str(wd))[2] == 8
-  out = run_pretrain(wd, prepared, N)                 # ... and resume to N
+  # ... and resume to N. Resume order: the workdir's own checkpoint wins over --init-from
+  # (here another run's final params, which would change every later number).
+  out = run_pretrain(wd, prepared, N, extra=["--init-from", str(reference["workdir"])])
   assert "resumed from" in out.stdout and "(step 8)" in out.stdout
   assert_same_params(final_params(wd), reference["params"])
   assert metrics(wd) == reference["metrics"]          # losses, accuracies, lr, grad norm
