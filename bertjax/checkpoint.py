@@ -124,6 +124,9 @@ def tokenizer_identity(path: str) -> dict:
   return {"file": os.path.basename(path), "sha256": _sha256(path)}
 
 
+_tokenizer_identity = tokenizer_identity  # the Checkpointer argument shadows the name
+
+
 def _crc32(path: str) -> int:
   crc = 0
   with open(path, "rb") as f:
@@ -263,6 +266,15 @@ def _all_finite(state) -> bool:
   return bool(_all_finite_jit(leaves))
 
 
+def _float(v) -> Optional[float]:
+  """A finite float for Orbax's metrics, or None (non-numeric, None, NaN)."""
+  try:
+    v = float(v)
+  except (TypeError, ValueError):
+    return None
+  return v if np.isfinite(v) else None
+
+
 def _best_fn(name: str):
   # Loss-like metrics are minimised, the rest (accuracies, F1 ...) maximised.
   minimise = "loss" in name or "perplexity" in name or "error" in name
@@ -304,7 +316,7 @@ class Checkpointer:
     self._tokenizer = None
     tok_path = _get(self.config, "data.tokenizer") if self.config else "<absent>"
     if tokenizer_identity is None and isinstance(tok_path, str) and os.path.isfile(tok_path):
-      tokenizer_identity = globals()["tokenizer_identity"](tok_path)
+      tokenizer_identity = _tokenizer_identity(tok_path)
     if tokenizer_identity is not None:
       self._tokenizer = dict(tokenizer_identity)
       if isinstance(tok_path, str) and os.path.isfile(tok_path):
@@ -416,7 +428,8 @@ class Checkpointer:
                               meta=ocp.args.JsonSave(meta))
     self._wait_writes()  # the previous save's callback owns _pending_step
     self._pending_step = self._writing = step
-    metrics = {k: float(v) for k, v in (metrics or {}).items()} or None
+    metrics = {k: _float(v) for k, v in (metrics or {}).items()}
+    metrics = {k: v for k, v in metrics.items() if v is not None} or None
     try:
       saved = self._mngr.save(step, args=args, metrics=metrics, force=True)
     except Exception as e:

@@ -373,3 +373,14 @@ def test_trainstate_dataclass_roundtrip_and_params_only(tmp_path):
   assert_bitwise(restored, state)
   params, _, _ = ck.restore_params(str(tmp_path))
   assert_bitwise(params, state.params)
+
+
+def test_best_metric_ignores_missing_and_non_numeric_metrics(tmp_path):
+  state = make_state()
+  with ck.Checkpointer(tmp_path, every_steps=1, keep=1, best_metric="eval_mlm_acc") as c:
+    c.save(1, state, None, metrics={"eval_mlm_acc": 0.9, "mfu": None, "note": "x"})
+    c.save(2, state, None, metrics={"eval_mlm_acc": 0.5})
+    c.save(3, state, None)                    # no eval at this step
+    c.save(4, state, None, metrics={"eval_mlm_acc": float("nan")})
+    c.wait()
+    assert c.all_steps() == [1, 4]            # the best accuracy (maximised) and the last
