@@ -209,15 +209,17 @@ def test_same_batches_for_0_1_2_workers_and_resume_with_workers(prepared):
     for x, y in zip(ref, got):
       for k in x:
         np.testing.assert_array_equal(x[k], y[k], err_msg=f"{k} workers={nw}")
-  args = dict(global_batch_size=64, max_seq_length=S, max_predictions_per_seq=P, seed=3,
-              num_workers=2)
-  it = make_pretrain_iterator(prepared, "train", **args)
+  args = dict(global_batch_size=64, max_seq_length=S, max_predictions_per_seq=P, seed=3)
+  it = make_pretrain_iterator(prepared, "train", num_workers=2, **args)
   next(it), next(it)
   state = it.get_state()
-  fresh = make_pretrain_iterator(prepared, "train", **args)
-  fresh.set_state(state)
-  for x in ref[2:]:
-    np.testing.assert_array_equal(next(fresh)["input_ids"], x["input_ids"])
+  it.close()
+  for nw in (2, 0):   # the state is portable across worker counts
+    fresh = make_pretrain_iterator(prepared, "train", num_workers=nw, **args)
+    fresh.set_state(state)
+    for x in ref[2:]:
+      np.testing.assert_array_equal(next(fresh)["input_ids"], x["input_ids"])
+    fresh.close()
 
 
 def test_two_hosts_union_equals_one_host(prepared):
@@ -242,6 +244,14 @@ def test_resume_from_state(prepared):
     y = next(fresh)
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
+  # another global batch size continues at the same example (rows 0..31 of batch 3 of 64)
+  half = make_pretrain_iterator(prepared, "train", **dict(args, global_batch_size=32))
+  half.set_state(state)
+  np.testing.assert_array_equal(next(half)["input_ids"], expect[0]["input_ids"][:32])
+  with pytest.raises(UserError, match="not a multiple"):
+    make_pretrain_iterator(prepared, "train", **dict(args, global_batch_size=128)).set_state(state)
+  with pytest.raises(UserError, match="not from bertjax"):
+    fresh.set_state({"next_index": 3})
   other = batches(prepared, 1, seed=8)[0]             # the seed matters
   assert not np.array_equal(other["input_ids"], expect[0]["input_ids"])
 

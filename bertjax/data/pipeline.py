@@ -3,8 +3,8 @@
 Example index k of the endless stream = example j of epoch e (epochs are concatenated; each is
 `pairs.plan_epoch`'s shuffled chunks). Global batch i holds examples [i*G, (i+1)*G); process p of
 P builds rows [p*G/P, (p+1)*G/P) of it. All randomness hashes (seed, epoch, j), so batches are
-identical for any number of worker processes or hosts, and the grain iterator state (the next
-batch index) is all a resume needs.
+identical for any number of worker processes or hosts, and the iterator state (the next example
+index) is all a resume needs.
 
 Batch fields (numpy): input_ids, input_mask, segment_ids [b, S] int32; masked_lm_positions,
 masked_lm_ids [b, P] int32; masked_lm_weights [b, P] float32; next_sentence_labels [b] int32
@@ -206,16 +206,87 @@ def _truncated_lengths(la: np.ndarray, lb: np.ndarray, max_tokens: int):
   return np.where(keep, la, cut_a), np.where(keep, lb, cut_b)
 
 
+class PretrainIterator:
+  """The grain pipeline with a portable state: {"next_example": ...} (plus what it depends on).
+
+  The state names a position in the example stream, not grain's per-worker bookkeeping, so a
+  run may resume with another num_workers, process count or (when the position divides)
+  global batch size. grain's own iterator is (re)built lazily from that position.
+  """
+
+  def __init__(self, fn: _PretrainBatches, n_batches: int, num_workers: int):
+    self.fn, self.n_batches, self.num_workers = fn, n_batches, num_workers
+    self._next = 0
+    self._it = None
+
+  def _build(self):
+    ds = grain.MapDataset.range(self._next, self.n_batches).map(self.fn)
+    # One background thread overlaps batch building with the training step; small buffer.
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+    if self.num_workers > 0:
+      from absl import flags
+      if not flags.FLAGS.is_parsed():  # grain workers read absl flags; a non-absl main has none
+        flags.FLAGS.mark_as_parsed()
+      it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers,
+                                                             per_worker_buffer_size=2))
+    return iter(it_ds)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self._it is None:
+      if self._next >= self.n_batches:
+        raise StopIteration
+      self._it = self._build()
+    batch = next(self._it)
+    self._next += 1
+    return batch
+
+  def _identity(self) -> dict:
+    f = self.fn
+    return {"split": f.split, "seed": f.seed, "max_seq_length": f.s,
+            "max_predictions_per_seq": f.p, "masked_lm_prob": f.masked_lm_prob,
+            "short_seq_prob": f.short_seq_prob, "whole_word_masking": f.whole_word_masking}
+
+  def get_state(self) -> dict:
+    return {"next_example": self._next * self.fn.g, "global_batch_size": self.fn.g,
+            **self._identity()}
+
+  def set_state(self, state: dict) -> None:
+    if "next_example" not in state:
+      raise UserError("data iterator state is not from bertjax.data.pipeline "
+                      f"(keys {sorted(state)}); cannot resume the input pipeline from it")
+    changed = {k: (state[k], v) for k, v in self._identity().items()
+               if k in state and state[k] != v}
+    if changed:
+      warnings.warn(f"resuming the input pipeline with changed settings {changed}: the "
+                    "stream continues at the saved position with the new settings", stacklevel=2)
+    n = int(state["next_example"])
+    if n % self.fn.g:
+      raise UserError(f"saved data position {n} is not a multiple of the global batch size "
+                      f"{self.fn.g}; resume with train.global_batch_size="
+                      f"{state.get('global_batch_size')}")
+    self.close()
+    self._next = n // self.fn.g
+
+  def close(self) -> None:
+    if self._it is not None and hasattr(self._it, "close"):
+      self._it.close()
+    self._it = None
+
+
 def make_pretrain_iterator(prepared_dir: str, split: str, *, global_batch_size: int,
                            max_seq_length: int, max_predictions_per_seq: int,
                            masked_lm_prob: float = 0.15, short_seq_prob: float = 0.1,
                            whole_word_masking: bool = False, seed: int = 0,
                            process_index: int = 0, process_count: int = 1, num_workers: int = 0,
-                           num_epochs: int | None = None) -> grain.DatasetIterator:
+                           num_epochs: int | None = None) -> PretrainIterator:
   """Iterator of this process's [global_batch_size // process_count, ...] batches.
 
   num_epochs=None: endless (training). num_epochs=n: the full batches of the first n epochs
-  (evaluation; the last partial batch is dropped). get_state()/set_state() resume exactly.
+  (evaluation; the last partial batch is dropped). get_state()/set_state() resume exactly,
+  also with another num_workers / process count (see PretrainIterator).
   """
   fn = _PretrainBatches(prepared_dir, split, global_batch_size=global_batch_size,
                         max_seq_length=max_seq_length,
@@ -232,13 +303,4 @@ def make_pretrain_iterator(prepared_dir: str, split: str, *, global_batch_size: 
       raise UserError(f"{prepared_dir} split {split!r}: {total} examples in {num_epochs} "
                       f"epoch(s), fewer than one global batch of {global_batch_size}; lower the "
                       "batch size or add data")
-  ds = grain.MapDataset.range(n_batches).map(fn)
-  # One background thread overlaps batch building with the training step; small buffer.
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
-  if num_workers > 0:
-    from absl import flags
-    if not flags.FLAGS.is_parsed():  # grain workers read absl flags; a non-absl main has none
-      flags.FLAGS.mark_as_parsed()
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                           per_worker_buffer_size=2))
-  return iter(it_ds)
+  return PretrainIterator(fn, n_batches, num_workers)
