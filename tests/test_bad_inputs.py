@@ -3,8 +3,9 @@ file / line / field, exit code 2, no Python traceback, and nothing already writt
 
 Each case runs `.venv/bin/bertjax ...` in a subprocess (three at a time) with --workdir
 pointing at a "precious" directory that looks like a finished run (checkpoints, metrics,
-export); its bytes are compared before and after every case has run. Each case names the
-protection it checks: the `UserError` raised where the input is read. Budget: ~40 s on 2 cores.
+export, and a prepared corpus the corpus cases re-prepare into); its bytes are compared before
+and after every case has run. Each case names the protection it checks: the `UserError` raised
+where the input is read. Budget: ~40 s of CPU on 2 cores.
 """
 import concurrent.futures
 import json
@@ -36,6 +37,12 @@ def squad(answer_start=4, text="cat", answers=True) -> str:
 #        the protection checked)
 def pretrain(extra):
   return lambda d, w: R.tiny_pretrain_args(w, d / "prepared", 2, extra(d))
+
+
+def pretrain_on_precious_prepared(extra):
+  """A corpus mistake pointed at an existing, good prepared dir (WORKDIR/prepared of the
+  precious workdir): prepare stages its output, so the good one must survive the error."""
+  return lambda d, w: R.tiny_pretrain_args(w, w / "prepared", 2, extra(d))
 
 
 def finetune(task, extra=lambda d: []):
@@ -103,16 +110,16 @@ CASES = {
         ["nothing*.txt", "no file matches"], "pretrain._check_paths / corpus.expand_inputs"),
     "corpus_all_empty": (
         {"c/a.txt": "", "c/b.txt": "\n \n\t\n"},
-        pretrain(lambda d: [f"--config.data.corpus={d / 'c' / '*.txt'}"]),
+        pretrain_on_precious_prepared(lambda d: [f"--config.data.corpus={d / 'c' / '*.txt'}"]),
         ["no text left", "2 empty"], "prepare: never a silently empty dataset"),
     "corpus_binary_file": (
         {"c/good.txt": "One sentence here.\nAnother one here.\n",
          "c/model.bin": b"\x1f\x8b\x08\x00" + os.urandom(4000) + b"\x00"},
-        pretrain(lambda d: [f"--config.data.corpus={d / 'c' / '*'}"]),
+        pretrain_on_precious_prepared(lambda d: [f"--config.data.corpus={d / 'c' / '*'}"]),
         ["model.bin", "binary or UTF-16"], "corpus.read_text: NUL bytes are not text"),
     "corpus_utf16": (
         {"c/u16.txt": "One sentence here.\nAnother one here.\n".encode("utf-16")},
-        pretrain(lambda d: [f"--config.data.corpus={d / 'c' / '*.txt'}"]),
+        pretrain_on_precious_prepared(lambda d: [f"--config.data.corpus={d / 'c' / '*.txt'}"]),
         ["u16.txt", "binary or UTF-16"], "corpus.read_text: wrong encoding"),
     # ---- GLUE TSVs (bertjax/tasks/glue.py, registry.py, finetune.py)
     "glue_unknown_task": (
@@ -201,7 +208,15 @@ def results(tmp_path_factory):
   for rel, data in PRECIOUS.items():
     (precious / rel).parent.mkdir(parents=True, exist_ok=True)
     (precious / rel).write_bytes(data)
+  from bertjax.config import base_config
+  from bertjax.data.prepare import prepare_corpus
+  data_cfg = base_config().data
+  data_cfg.corpus = os.path.join(R.REPO, "data", "corpus", "bert_sample_text.txt")
+  data_cfg.tokenizer = R.SPM
+  data_cfg.heldout_fraction = 0.0
+  prepare_corpus(data_cfg, str(precious / "prepared"))
   before = R.tree_hash(precious)
+  assert any(k.startswith("prepared/train-") for k in before)
   env = R.fault_env(root)
 
   def one(case_id):
