@@ -143,6 +143,7 @@ def test_cli_prepare_and_errors(tmp_path, capsys):
   cfg_file.write_text("from bertjax.config import base_config\n"
                       "def get_config():\n  return base_config()\n")
   rc = main(["prepare", "--config", str(cfg_file), "--out", str(tmp_path / "p"),
+             "--config.data.heldout_fraction=0.0",
              f"--config.data.tokenizer={SPM}",
              f"--config.data.corpus={os.path.join(REPO, 'data', 'corpus', 'bert_sample_text.txt')}"])
   assert rc == 0 and "train:" in capsys.readouterr().out
