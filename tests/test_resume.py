@@ -179,9 +179,11 @@ def test_kill9_at_random_moments_always_resumes(tmp_path, prepared, reference):
     seen = _wait_for_step(wd, proc, seen + rng.randint(1, 3))
     if seen is None:  # finished before we could kill it
       break
-    time.sleep(rng.uniform(0.0, 0.4))
+    time.sleep(rng.uniform(0.0, 0.15))
     ckdir = wd / "checkpoints"
     in_flight = [n for n in os.listdir(ckdir) if ".orbax-checkpoint-tmp" in n]
+    if proc.poll() is not None:  # it finished in the meantime: not a kill
+      break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     kills += 1
