@@ -118,6 +118,7 @@ def _strip_timing(records):
           for r in records]
 
 
+@pytest.mark.slow
 def test_two_phases_eval_and_exact_resume_after_sigterm(tmp_path):
   cfg = _two_phase_cfg()
   full = train(pretrain_task(cfg, synthetic=True), cfg, str(tmp_path / "full"), progress=False)
@@ -146,6 +147,14 @@ def test_two_phases_eval_and_exact_resume_after_sigterm(tmp_path):
 
   assert cli.main(["plot", str(tmp_path / "full"), "--out", str(tmp_path / "c.png")]) == 0
   assert os.path.getsize(tmp_path / "c.png") > 1000
+
+  # --init-from a workdir: params only, every leaf taken from its latest checkpoint.
+  warm = pretrain_task(cfg, synthetic=True, init_from=str(tmp_path / "full"))
+  fresh = jax.tree_util.tree_map(np.zeros_like, jax.device_get(full["state"].params))
+  loaded = warm.load_pretrained(fresh)
+  for a, b in zip(jax.tree_util.tree_leaves(loaded),
+                  jax.tree_util.tree_leaves(jax.device_get(full["state"].params))):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("override,field", [

@@ -291,3 +291,27 @@ def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool =
 def check_config(cfg, num_devices: int) -> None:
   """All config checks that need no data (used by the CLI before anything else)."""
   config_lib.validate(cfg, num_devices)
+
+
+def benchmark_setup(cfg, mesh=None, phase: int = 0):
+  """Everything a benchmark or an AOT compile needs, without data or a workdir:
+  (step: StepFn, state: TrainState (placed), next_batch: () -> global batch, abstract_state).
+
+  `step.lower(abstract_state, batch_spec(cfg, phase)).compile()` compiles ahead of time.
+  """
+  from bertjax import sharding as shd
+  from bertjax.optim import make_optimizer
+  from bertjax.train.state import abstract_state, create_state
+  from bertjax.train.step import make_train_step
+  mesh = mesh if mesh is not None else shd.make_mesh(cfg.mesh)
+  task = pretrain_task(cfg, synthetic=True)
+  it = SyntheticIterator(cfg, phase, cfg.train.seed, jax.process_index(), jax.process_count())
+  tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps, task.frozen)
+  first = next(it)
+  abstract, shardings = abstract_state(task.init_params, tx, cfg.train.seed, first, mesh)
+  state = create_state(task.init_params, tx, cfg.train.seed, first, mesh)
+  step = make_train_step(task.loss_fn, tx, mesh, shardings, schedule=schedule,
+                         grad_accum_steps=cfg.train.grad_accum_steps,
+                         loss_denominators=task.loss_denominators,
+                         nan_policy=cfg.train.nan_policy)
+  return step, state, lambda: shd.shard_batch(next(it), mesh), abstract
