@@ -92,7 +92,9 @@ def test_prepare_counts_rerun_and_heldout(tmp_path):
   mtime = os.stat(shard).st_mtime_ns
   assert prepare_corpus(cfg, out) == m and os.stat(shard).st_mtime_ns == mtime
   (src / "d00.txt").write_text("Changed text here.\nAnd more of it.\n")
+  (tmp_path / "prep" / "users-own.bin").write_bytes(b"keep me")
   m2 = prepare_corpus(cfg, out)
+  assert (tmp_path / "prep" / "users-own.bin").read_bytes() == b"keep me"  # only ours removed
   assert m2["fingerprint"] != m["fingerprint"]
   # same split assignment whatever the file order (content hash): heldout stays stable
   assert abs(m2["splits"]["heldout"]["documents"] - ho["documents"]) <= 1

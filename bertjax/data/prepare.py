@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import time
 import warnings
@@ -197,8 +198,8 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
            word_start=tok.word_start, pool=tok.random_token_pool())
   if os.path.isfile(manifest_path):
     os.remove(manifest_path)  # the earlier preparation goes now (the manifest is written last)
-  for name in os.listdir(out_dir):
-    if name.endswith((".array_record", ".bin", ".tmp")):
+  for name in os.listdir(out_dir):  # our files of the earlier preparation only
+    if re.fullmatch(r"(train|heldout)-\w+\.(array_record|bin)(\.tmp)?", name):
       os.remove(os.path.join(out_dir, name))
   for name in os.listdir(stage):
     os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
