@@ -663,8 +663,14 @@ def export_bundle(workdir: str, out_dir: str, step: Optional[int] = None,
   """Write a params-only bundle (weights, model config, tokenizer) for fine-tuning.
 
   fmt="bertjax": `bertjax.bundle.save_bundle` layout; fmt="hf": Hugging Face BertForPreTraining
-  layout via `bertjax.interop.save_hf`. Returns `out_dir`.
+  layout via `bertjax.interop.save_hf`. Returns the absolute `out_dir`.
   """
+  return export_checkpoint(workdir, out_dir, step, fmt, overwrite)[0]
+
+
+def export_checkpoint(workdir: str, out_dir: str, step: Optional[int] = None,
+                      fmt: str = "bertjax", overwrite: bool = False) -> tuple[str, int]:
+  """`export_bundle` that also returns the step it exported (the latest readable by default)."""
   import ml_collections
   if fmt not in ("bertjax", "hf"):
     raise UserError(f"--format {fmt}: use bertjax or hf")
@@ -698,7 +704,7 @@ def export_bundle(workdir: str, out_dir: str, step: Optional[int] = None,
   else:
     from bertjax import interop
     interop.save_hf(params, model_cfg, out_dir, files, do_lower_case=lower, overwrite=overwrite)
-  return os.path.abspath(out_dir)
+  return os.path.abspath(out_dir), step
 
 
 # ------------------------------------------------------------------------------- preemption

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 
 def export_main(argv: list[str]) -> int:
@@ -19,8 +20,8 @@ def export_main(argv: list[str]) -> int:
                       "hf: config.json + model.safetensors + tokenizer files")
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
   args = p.parse_args(argv)
+  logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices
   from bertjax import checkpoint  # imports JAX: after --help
-  out = checkpoint.export_bundle(args.workdir, args.out, step=args.step, fmt=args.format,
-                                 overwrite=args.overwrite)
-  print(f"exported {args.workdir} ({args.format}) to {out}")
+  out, step = checkpoint.export_checkpoint(args.workdir, args.out, args.step, args.format, args.overwrite)
+  print(f"exported step {step} of {args.workdir} ({args.format} format) to {out}")
   return 0
