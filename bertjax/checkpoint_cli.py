@@ -22,6 +22,7 @@ def export_main(argv: list[str]) -> int:
   args = p.parse_args(argv)
   logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices
   from bertjax import checkpoint  # imports JAX: after --help
-  out, step = checkpoint.export_checkpoint(args.workdir, args.out, args.step, args.format, args.overwrite)
+  out, step = checkpoint.export_checkpoint(args.workdir, args.out, args.step, args.format,
+                                           args.overwrite)
   print(f"exported step {step} of {args.workdir} ({args.format} format) to {out}")
   return 0
