@@ -7,7 +7,7 @@ Data: data/corpus/*.txt (public-domain Gutenberg books, inaugural and State of t
 addresses; provenance in data/corpus/PROVENANCE.md) with the shipped SentencePiece tokenizer
 data/tokenizer/spm.model (8,000 pieces; model.vocab_size is taken from it).
 Model: L=2, H=128, N=2 ("tiny"), max 256 positions. Two phases as BERT: S=128 / P=20, then the
-last steps at S=256 / P=40 (BERT's S=512 tail, shrunk to fit a CPU demo).
+last 40 steps at S=256 / P=40 (BERT's S=512 tail, shrunk to fit a CPU demo).
 Ends with a summary: held-out MLM / NSP accuracy, the checkpoint and WORKDIR/export (a bundle
 for `bertjax finetune --init-from`). Things to try:
   --config.train.num_steps=3000      longer: MLM accuracy keeps climbing
@@ -26,9 +26,9 @@ def get_config():
   c.data.max_predictions_per_seq = 20
   c.optim.learning_rate = 1e-3           # small models take (and need) a high peak lr
   c.optim.warmup_steps = 60
-  c.train.global_batch_size = 64
+  c.train.global_batch_size = 32
   c.train.num_steps = 600
-  c.train.phase2_start = 540             # last 10% of the steps at S=256
+  c.train.phase2_start = 560             # the last 40 steps at S=256
   c.train.phase2_max_seq_length = 256
   c.train.phase2_max_predictions_per_seq = 40
   c.train.log_every = 20
