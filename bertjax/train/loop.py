@@ -238,10 +238,10 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
     bar.close()
   if stopped and is_main:
     print(f"[{task.name}] {stopped}: stopping at step {step}; saving a checkpoint", flush=True)
-  if not stopped and step == t.num_steps and t.eval_every == 0 and (
-      task.eval_fn or task.eval_batches):
-    last_eval = evaluate(state)
-    writer.write(step, last_eval)
+  if not stopped and not last_eval and (task.eval_fn or task.eval_batches):
+    last_eval = evaluate(state)  # eval_every = 0, or resumed a finished run: evaluate once
+    if step > start:
+      writer.write(step, last_eval)
   ckpt.save(step, state, data, metrics=last_eval or None, force=True)
   ckpt.wait()
   ckpt.close()

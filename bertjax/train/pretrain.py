@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from typing import Optional
 
 import jax
@@ -194,7 +195,16 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
     set_vocab_from_tokenizer(cfg, tok.vocab_size)
     tok_identity = tok.identity()
     prepared = d.prepared_dir or os.path.join(workdir, "prepared")
-    prepare_corpus(d, prepared, num_workers=d.num_workers)
+    if pi == 0:
+      print(f"[pretrain] preparing {d.corpus} -> {prepared} (once; reused on later runs)",
+            flush=True)
+    t0 = time.time()
+    manifest = prepare_corpus(d, prepared, num_workers=d.num_workers)
+    if pi == 0:
+      from bertjax.data.prepare import format_summary
+      print("\n".join(f"[pretrain] {line}" for line in format_summary(manifest).splitlines()[:2])
+            + f"\n[pretrain] corpus ready in {time.time() - t0:.0f}s; compiling the train step "
+            f"(first step)...", flush=True)
 
     def iterator(split, phase, seed, num_epochs=None):
       b, s, p = phase_shapes(cfg, phase)
