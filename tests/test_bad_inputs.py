@@ -243,12 +243,14 @@ def test_at_least_20_cases_across_every_kind_of_input():
   assert {"flag", "config", "tokenizer", "corpus", "glue", "squad", "conll"} <= kinds
 
 
+@pytest.mark.slow  # (the fixture runs 40 CLI processes)
 @pytest.mark.parametrize("case_id", sorted(CASES))
 def test_bad_input_is_one_clear_line(results, case_id):
   """Exit 2, no traceback, one `bertjax CMD: error:` line naming the file/line/field."""
   R.assert_user_error(results["runs"][case_id], *CASES[case_id][2])
 
 
+@pytest.mark.slow  # (the fixture runs 40 CLI processes)
 def test_nothing_already_written_is_touched(results):
   """The workdir every case pointed at (checkpoints, metrics, export) is byte-identical."""
   assert results["after"] == results["before"]
