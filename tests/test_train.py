@@ -174,6 +174,7 @@ def test_config_errors_are_one_line_before_compiling(override, field, tmp_path, 
   assert not os.path.exists(tmp_path / "checkpoints")  # ended before training started
 
 
+@pytest.mark.slow
 def test_frozen_params_do_not_change(tmp_path):
   cfg = tiny_cfg()
   cfg.train.num_steps = 2

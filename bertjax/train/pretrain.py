@@ -289,9 +289,11 @@ def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool =
   summary = train(task, cfg, workdir, progress=progress)
   export_dir = None
   if export and not summary["stopped"] and not synthetic:
-    export_dir = os.path.join(os.path.abspath(workdir), "export")
-    if jax.process_index() == 0:
+    if jax.process_count() == 1:
+      export_dir = os.path.join(os.path.abspath(workdir), "export")
       checkpoint.export_bundle(workdir, export_dir, step=summary["steps"])
+    elif jax.process_index() == 0:  # Orbax's reads synchronise hosts: export from one process
+      print(f"[pretrain] export with: bertjax export {workdir} OUT_DIR", flush=True)
   summary["export"] = export_dir
   if jax.process_index() == 0:
     print(format_summary(summary, export_dir), flush=True)
