@@ -248,7 +248,7 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
   writer.close()
   curves = None
   if is_main and mlib.read_metrics(workdir):
-    curves = mlib.plot(workdir)
+    curves = os.path.abspath(mlib.plot(workdir))
   summary = {
       "task": task.name, "steps": step, "num_steps": t.num_steps, "resumed_from": resumed_from,
       "stopped": stopped, "devices": num_devices, "processes": jax.process_count(),
