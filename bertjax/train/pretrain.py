@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import time
 from typing import Optional
 
@@ -291,6 +292,8 @@ def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool =
   if export and not summary["stopped"] and not synthetic:
     if jax.process_count() == 1:
       export_dir = os.path.join(os.path.abspath(workdir), "export")
+      if os.path.isdir(export_dir):  # ours, from an earlier run of this workdir: refresh it
+        shutil.rmtree(export_dir)
       checkpoint.export_bundle(workdir, export_dir, step=summary["steps"])
     elif jax.process_index() == 0:  # Orbax's reads synchronise hosts: export from one process
       print(f"[pretrain] export with: bertjax export {workdir} OUT_DIR", flush=True)
