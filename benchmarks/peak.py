@@ -56,8 +56,9 @@ def measure(precision: str, repeats: int = 5, shapes=SHAPES) -> dict:
 
 
 def measure_all(repeats: int = 5) -> dict:
-  return {p: measure(p, repeats) for p in PRECISIONS}
+  # bf16 -> bf16 is for reference only: two shapes are enough to show it is not the fast path.
+  return {p: measure(p, repeats, SHAPES if p != "bf16_out" else SHAPES[:2]) for p in PRECISIONS}
 
 
 if __name__ == "__main__":
-  print(json.dumps(measure_all(), indent=2))
+  print(json.dumps(measure_all()))  # one line: bench_train reads the last line

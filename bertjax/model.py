@@ -19,6 +19,8 @@ Parameter tree (the names `bertjax.interop` maps to and from Hugging Face's Bert
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -29,6 +31,118 @@ Array = jax.Array
 
 def dtype_of(config) -> Any:
   return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+def _einsum_pair(out: str, x: str, xv: Array, y: str, yv: Array) -> Array:
+  """einsum(f"{x},{y}->{out}") in f32, operands ordered so the first one owns the output's
+  leading free index: the order XLA:CPU lowers to its fast bf16 x bf16 -> f32 kernels (the other
+  order can fall back to a kernel without bf16 support)."""
+  first_free = next(ch for ch in out if (ch in x) != (ch in y))
+  if first_free not in x:
+    x, xv, y, yv = y, yv, x, xv
+  return jnp.einsum(f"{x},{y}->{out}", xv, yv, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def mixed_einsum(spec: str, a: Array, b: Array, dtype: Any) -> Array:
+  """einsum(spec, a, b) with operands cast to `dtype` and the product accumulated in float32.
+
+  For bfloat16 the backward pass is bf16 x bf16 -> f32 too: autodiff alone would feed the f32
+  cotangent into the transposed matmuls (f32 x f32), which on CPU (AMX) and accelerators runs
+  several times slower than bf16 inputs. Gradients come back in each operand's own dtype (f32
+  for the f32 master kernels), so only the cotangent is rounded to bf16, as in bf16 training.
+  spec: explicit 'x,y->out' without '...'; every index of a and b must appear in the other
+  operand or in the output (true for matmuls).
+  """
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _mixed_einsum_fwd(spec, a, b, dtype):
+  ac, bc = a.astype(dtype), b.astype(dtype)
+  # Residuals in the compute dtype (half the memory of f32 for bf16), plus the operand dtypes.
+  return (jnp.einsum(spec, ac, bc, preferred_element_type=jnp.float32),
+          (ac, bc, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype)))
+
+
+def _mixed_einsum_bwd(spec, dtype, res, g):
+  ac, bc, a_like, b_like = res
+  ins, out = spec.split("->")
+  sa, sb = ins.split(",")
+  g = g.astype(dtype)
+  da = _einsum_pair(sa, out, g, sb, bc)  # d/da: contract g with b
+  db = _einsum_pair(sb, out, g, sa, ac)  # d/db: contract g with a
+  # A barrier on weight gradients: XLA would otherwise fold a following transpose (of word.T)
+  # into the dot, making it one that XLA:CPU's bf16 kernels reject.
+  da, db = (jax.lax.optimization_barrier(x) if x.ndim == 2 else x for x in (da, db))
+  return da.astype(a_like.dtype), db.astype(b_like.dtype)
+
+
+mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
+
+
+def matmul(spec: str, a: Array, b: Array, config) -> Array:
+  """The one matmul of the model: f32 accumulation; bf16 compute also in the backward pass."""
+  dtype = dtype_of(config)
+  if dtype == jnp.float32:
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+  return mixed_einsum(spec, a, b, dtype)
+
+
+@jax.custom_vjp
+def add_bias(y: Array, bias: Array) -> Array:
+  """y + bias, whose bias gradient (a sum over all leading axes) is a matrix-vector product:
+  XLA:CPU's reduction of a [B*P, V] array over its rows is ~20x slower than ones @ g."""
+  return y + bias
+
+
+def _add_bias_fwd(y, bias):
+  return y + bias, None
+
+
+def _add_bias_bwd(_, g):
+  rows = g.reshape(-1, g.shape[-1])                                        # [M, V]
+  return g, jnp.dot(jnp.ones((rows.shape[0],), rows.dtype), rows)          # [V]
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+def _fmix32(x: Array) -> Array:
+  """MurmurHash3's 32-bit finalizer: a bijective avalanche mix of uint32 words."""
+  x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+  x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def dropout_bits(key: Array, shape: tuple[int, ...]) -> Array:
+  """uint32 random words for dropout masks: two rounds of a counter hash under a 64-bit key.
+
+  Dropout needs i.i.d. fair bits, not a cryptographic stream. Threefry (jax.random) spends ~80
+  integer ops per word, which on CPU made dropout ~25% of a BERT-mini training step; this hash
+  spends ~12 (10x faster, measured). The key still comes from the step's dropout key, so masks
+  stay a pure function of (seed, step, layer). Falls back to jax.random above 2^32 elements.
+  """
+  n = math.prod(shape)
+  if n >= 2**32:
+    return jax.random.bits(key, shape, jnp.uint32)
+  seed = jax.random.bits(key, (2,), jnp.uint32)
+  counter = jax.lax.iota(jnp.uint32, n).reshape(shape)
+  return _fmix32(_fmix32(counter ^ seed[0]) ^ seed[1])
+
+
+class Dropout(nn.Module):
+  """Inverted dropout (as flax.linen.Dropout) with masks from `dropout_bits`."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    keep_prob = 1.0 - self.rate
+    # P(drop) = threshold / 2^32 = rate to within 2^-32.
+    threshold = jnp.uint32(min(round(self.rate * 2**32), 2**32 - 1))
+    keep = dropout_bits(self.make_rng("dropout"), x.shape) >= threshold
+    return jax.lax.select(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
 
 
 def weight_init(config):
@@ -46,9 +160,10 @@ class Dense(nn.Module):
     dtype = dtype_of(self.config)
     kernel = self.param("kernel", weight_init(self.config), (x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
-                            (((x.ndim - 1,), (0,)), ((), ())),
-                            preferred_element_type=jnp.float32)  # [..., features] f32
+    lead = "abcdefgh"[:x.ndim - 1]
+    # x keeps its own shape ([B, S, H], not [B*S, H]): the kernel gradient then contracts two
+    # axes, which XLA:CPU lowers to its bf16 kernel (one contracted axis made it fall back to f32).
+    y = matmul(f"{lead}k,kn->{lead}n", x, kernel, self.config)   # [..., features] f32
     return (y + bias).astype(dtype)
 
 
@@ -88,7 +203,7 @@ class Embeddings(nn.Module):
          + pos[None, :s]                               # [1, S, H]
          + jnp.take(seg, segment_ids, axis=0))         # [B, S, H]
     x = LayerNorm(c, name="LayerNorm")(x)
-    return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+    return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class SelfAttention(nn.Module):
@@ -109,8 +224,7 @@ class SelfAttention(nn.Module):
       kernel = jnp.concatenate([p.variables["params"]["kernel"] for p in (q_proj, k_proj, v_proj)],
                                axis=1)                                        # [H, 3H]
       bias = jnp.concatenate([p.variables["params"]["bias"] for p in (q_proj, k_proj, v_proj)])
-      qkv = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (((2,), (0,)), ((), ())),
-                                preferred_element_type=jnp.float32) + bias   # [B, S, 3H]
+      qkv = matmul("bsh,hk->bsk", x, kernel, c) + bias                       # [B, S, 3H]
       q, k, v = jnp.split(qkv.astype(dtype), 3, axis=-1)                      # 3 x [B, S, H]
     else:
       q, k, v = q_proj(x), k_proj(x), v_proj(x)                               # 3 x [B, S, H]
@@ -122,14 +236,12 @@ class SelfAttention(nn.Module):
       ctx = jax.nn.dot_product_attention(
           q, k, v, mask=mask[:, None, None, :].astype(bool), implementation="cudnn")  # [B, S, N, D]
     else:
-      scores = jnp.einsum("bqnd,bknd->bnqk", q, k,
-                          preferred_element_type=jnp.float32) / jnp.sqrt(d).astype(jnp.float32)
+      scores = matmul("bqnd,bknd->bnqk", q, k, c) / jnp.sqrt(d).astype(jnp.float32)
       # [B, N, S, S]; padded keys get a large negative score (0 probability after softmax).
       scores = jnp.where(mask[:, None, None, :] > 0, scores, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(scores, axis=-1).astype(dtype)                   # [B, N, S, S]
-      probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-      ctx = jnp.einsum("bnqk,bknd->bqnd", probs, v,
-                       preferred_element_type=jnp.float32).astype(dtype)      # [B, S, N, D]
+      probs = Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+      ctx = matmul("bnqk,bknd->bqnd", probs, v, c).astype(dtype)             # [B, S, N, D]
     return ctx.reshape(b, s, h)                                               # [B, S, H]
 
 
@@ -140,7 +252,7 @@ class TransformerLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
     c = self.config
-    drop = nn.Dropout(c.hidden_dropout_prob)
+    drop = Dropout(c.hidden_dropout_prob)
     a = SelfAttention(c, name="attention")(x, mask, deterministic)               # [B, S, H]
     a = Dense(c.hidden_size, c, name="attention_output")(a)
     x = LayerNorm(c, name="attention_norm")(x + drop(a, deterministic=deterministic))
@@ -197,7 +309,8 @@ class BertForPreTraining(nn.Module):
     t = LayerNorm(c, name="mlm_norm")(t)
     word = encoder.variables["params"]["embeddings"]["word_embeddings"]      # [V, H] (tied)
     mlm_bias = self.param("mlm_output_bias", nn.initializers.zeros, (c.vocab_size,))
-    mlm_logits = jnp.einsum("bph,vh->bpv", t.astype(dtype), word.astype(dtype),
-                            preferred_element_type=jnp.float32) + mlm_bias    # [B, P, V]
+    # word.T: the gradient of the [V, H] table is then computed as [H, V] (x^T g, a small
+    # transpose) rather than g^T x (transposing the [B*P, V] cotangent): 4x faster on CPU.
+    mlm_logits = add_bias(matmul("bph,hv->bpv", t, word.T, c), mlm_bias)     # [B, P, V]
     nsp_logits = Dense(2, c, name="nsp")(pooled).astype(jnp.float32)         # [B, 2]
     return mlm_logits, nsp_logits
