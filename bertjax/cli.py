@@ -19,7 +19,7 @@ COMMANDS = {
     "export": ("bertjax.checkpoint_cli", "export_main", "export weights for fine-tuning"),
     "import-hf": ("bertjax.interop_cli", "import_hf_main", "import a Hugging Face BERT dir"),
     "finetune": ("bertjax.tasks.cli", "finetune_main", "fine-tune on a registered task"),
-    "extract-features": ("bertjax.tasks.cli", "extract_features_main",
+    "extract-features": ("bertjax.features", "extract_features_main",
                          "write encoder features for text"),
 }
 
