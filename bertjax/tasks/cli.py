@@ -69,6 +69,3 @@ def finetune_main(argv: list[str]) -> int:
                     "predictions": summary.get("predictions")}, indent=1))
   return 0
 
-
-def extract_features_main(argv: list[str]) -> int:
-  raise UserError("extract-features is not implemented yet (issue 9)")
