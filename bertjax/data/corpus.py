@@ -5,7 +5,10 @@ Formats (data.corpus_format):
   prose  raw text, one document per file. Paragraphs are blocks separated by blank lines; a block
          whose lines are long (> 100 characters: one paragraph per line) keeps each line as its
          own paragraph, a block of short lines (hard-wrapped text) is joined with spaces. Each
-         paragraph is split into sentences by `split_sentences` (rules below).
+         paragraph is split into sentences by `split_sentences` (rules below). A WikiText file
+         (>= 2 top-level ` = Title = ` lines) is one document per article; its heading lines are
+         dropped (without this the ~60 articles of a split would be one document, and NSP's
+         NotNext segments would rarely come from another topic).
   auto   per file: `bert` when >= 80% of its first 1,000 non-empty lines are exactly one sentence
          ending in . ! ? or a closing quote, otherwise `prose`.
   tfds   `tfds:NAME[:SPLIT]`: each example's `data.tfds_text_field` is one document, read as prose
@@ -154,6 +157,20 @@ def _prose_paragraphs(lines: list[str]) -> Iterator[str]:
       block = []
 
 
+_WIKI_TITLE = re.compile(r"^ ?= [^=].* = ?$")       # ' = Homarus gammarus = '
+_WIKI_HEADING = re.compile(r"^ ?(= )+[^=].*( =)+ ?$")  # any level: ' = = Description = = '
+
+
+def _wikitext_articles(lines: list[str]) -> Iterator[list[str]]:
+  """WikiText: lines of each article (headings dropped); any other text: all its lines."""
+  titles = [i for i, ln in enumerate(lines) if _WIKI_TITLE.match(ln)]
+  if len(titles) < 2:
+    yield lines
+    return
+  for lo, hi in zip([0] + titles, titles + [len(lines)]):
+    yield [ln for ln in lines[lo:hi] if not _WIKI_HEADING.match(ln)]
+
+
 def documents_from_text(text: str, fmt: str, stats: ReadStats, name: str = "") -> Iterator[list[str]]:
   """Split one file's text into documents (lists of sentence strings)."""
   lines = text.splitlines()
@@ -170,9 +187,10 @@ def documents_from_text(text: str, fmt: str, stats: ReadStats, name: str = "") -
         yield doc
         doc = []
   elif fmt == "prose":
-    doc = [s for para in _prose_paragraphs(lines) for s in split_sentences(para)]
-    if doc:
-      yield doc
+    for article in _wikitext_articles(lines):
+      doc = [s for para in _prose_paragraphs(article) for s in split_sentences(para)]
+      if doc:
+        yield doc
   else:
     raise UserError(f"data.corpus_format={fmt!r}: use auto, bert, prose or tfds")
 
