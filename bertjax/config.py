@@ -87,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   o.eps = 1e-6
   o.weight_decay = 0.01                 # not applied to LayerNorm scales or biases
   o.clip_norm = 1.0                     # global-norm clipping (0 = off)
+  o.layer_lr_decay = 1.0                # < 1: layer i's lr x d^(L-i), embeddings d^(L+1), head 1
 
   c.train = t = ml_collections.ConfigDict()
   t.global_batch_size = 32              # sequences per optimizer step, over all devices and hosts
@@ -274,5 +275,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     raise UserError(f"train.nan_policy={t.nan_policy!r}: use stop or skip")
   if cfg.optim.name not in ("adamw", "lamb"):
     raise UserError(f"optim.name={cfg.optim.name!r}: use adamw or lamb")
+  if not 0.0 < cfg.optim.layer_lr_decay <= 1.0:
+    raise UserError(f"optim.layer_lr_decay={cfg.optim.layer_lr_decay}: use a value in (0, 1] "
+                    "(1 = off; 0.9 is typical for fine-tuning)")
   if cfg.optim.schedule not in ("linear", "cosine"):
     raise UserError(f"optim.schedule={cfg.optim.schedule!r}: use linear or cosine")

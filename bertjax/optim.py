@@ -7,12 +7,18 @@ LayerNorm scales and biases, linear warmup then linear decay to `end_learning_ra
 Frozen parameters (a task's `frozen(path)`) are routed to `optax.set_to_zero()` with
 `optax.multi_transform`: they get no Adam moments (no optimizer memory) and never change.
 Clipping sits inside the trainable branch, so the clipping norm covers trainable leaves only.
+Layer-wise learning-rate decay (`optim.layer_lr_decay` = d < 1, ELECTRA's recipe): the updates
+of transformer layer i (0-based, of L) are scaled by d^(L - i), the embeddings' by d^(L + 1), and
+everything else (pooler, task head, pretraining heads) by 1 -- a per-leaf lr multiplier applied
+after the optimizer, so weight decay follows the same per-layer lr.
 Note: optax's AdamW applies Adam's bias correction (as Hugging Face's AdamW does; the original
 TF BERT optimizer did not) -- with warmup the difference vanishes after a few hundred steps.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional
+
+import re
 
 import jax
 import optax
@@ -57,6 +63,40 @@ def frozen_labels(params, frozen: Callable[[tuple], bool]):
       lambda p, _: "frozen" if frozen(path_keys(p)) else "train", params)
 
 
+_LAYER = re.compile(r"layer_(\d+)$")
+
+
+def layer_lr_scales(params, decay: float):
+  """Per-leaf lr multiplier for layer-wise decay (see the module doc); L = the number of
+  bert/layer_* blocks in `params`."""
+  def layer(path):
+    m = _LAYER.match(path[1]) if len(path) > 1 and path[0] == "bert" else None
+    return int(m.group(1)) if m else None
+  paths = [path_keys(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  n = 1 + max((i for i in map(layer, paths) if i is not None), default=-1)
+
+  def scale(path, _):
+    path = path_keys(path)
+    if len(path) > 1 and path[0] == "bert" and path[1] == "embeddings":
+      return decay ** (n + 1)
+    i = layer(path)
+    return 1.0 if i is None else decay ** (n - i)
+  return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def scale_by_layer(decay: float) -> optax.GradientTransformation:
+  """Multiply each leaf's update by its `layer_lr_scales` factor (stateless)."""
+  def init(params):
+    del params
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    del params
+    scales = layer_lr_scales(updates, decay)
+    return jax.tree_util.tree_map(lambda u, s: u if s == 1.0 else u * s, updates, scales), state
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(ocfg, num_steps: int,
                    frozen: Optional[Callable[[tuple], bool]] = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -74,4 +114,7 @@ def make_optimizer(ocfg, num_steps: int,
   if frozen is not None:
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                lambda params: frozen_labels(params, frozen))
+  decay = ocfg.get("layer_lr_decay", 1.0)
+  if decay != 1.0:  # after the frozen split: sees the whole tree, so L counts every layer
+    tx = optax.chain(tx, scale_by_layer(decay))
   return tx, schedule
