@@ -121,9 +121,9 @@ def test_pos_tagger_partial_freeze_and_layer_decay_through_trainer(tmp_path):
   assert moments == 2 * (total - frozen_size)
   # Token accuracy on dev, written to eval_results.json, well above the majority tag.
   out = job.write_predictions(after, str(tmp_path / "w"))
-  acc = out["results"]["dev"]["accuracy"]
+  acc = out["results"]["dev"]["accuracy"] / 100.0  # percent, like conlleval's numbers
   gold = [t for s in job.evals[0].examples for t in s.tags]
   majority = max(gold.count(t) for t in set(gold)) / len(gold)
   assert acc > majority + 0.2, (acc, majority)
   saved = json.loads((tmp_path / "w" / "eval_results.json").read_text())
-  assert saved["results"]["dev"]["accuracy"] == acc
+  assert saved["results"]["dev"]["accuracy"] == pytest.approx(100.0 * acc)
