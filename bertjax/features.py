@@ -160,6 +160,9 @@ class Extractor:
 
     if pool not in POOLS:
       raise UserError(f"--pool {pool!r}: use one of {', '.join(POOLS)}")
+    if jax.process_count() > 1:  # every process would read the whole file
+      raise UserError("extract-features runs in one process (over all its local devices); "
+                      "split the input and run one process per part")
     with warnings.catch_warnings():  # the pretraining heads are not used here
       warnings.filterwarnings("ignore", message=r".*the checkpoint has no mlm")
       params, model_cfg, tok_path = bundle.load_pretrained(init)
