@@ -29,7 +29,9 @@ from bertjax.data import corpus, shards
 from bertjax.data.tokenizer import load_tokenizer
 from bertjax.errors import UserError
 
-FORMAT_VERSION = 2
+# Bumped whenever readers or shard layout change what a prepared dir holds (3: WikiText
+# files split into one document per article), so older prepared dirs are redone.
+FORMAT_VERSION = 3
 TFDS_TASK_EXAMPLES = 5000
 
 _worker_tok = None  # per worker process: (tokenizer, format, tfds settings)
