@@ -71,6 +71,31 @@ def test_tsv_classification_end_to_end(tmp_path):
   assert {l.split("\t")[1] for l in dev[1:]} <= {"neg", "pos"}
 
 
+def test_mnli_evaluates_and_predicts_matched_and_mismatched(tmp_path):
+  rng = np.random.default_rng(2)
+  data = tmp_path / "MNLI"
+  data.mkdir()
+  head = "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2"
+  labels = ["contradiction", "entailment", "neutral"]
+  for split, n in (("train", 32), ("dev_matched", 12), ("dev_mismatched", 10),
+                   ("test_matched", 6), ("test_mismatched", 5)):
+    rows = [head + ("\tlabel1\tgold_label" if not split.startswith("test") else "")]
+    for i, (text, _) in enumerate(_sentences(rng, n)):
+      y = labels[i % 3]
+      rows.append(f"{i}\t{i}\t{i}e\tgov\t{text}\tthe film ." +
+                  (f"\t{y}\t{y}" if not split.startswith("test") else ""))
+    (data / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+  cfg = tiny_cfg(tmp_path, "mnli", data, num_epochs=1.0)
+  summary = finetune.run(cfg, str(tmp_path / "work"), progress=False)
+  assert set(summary["results"]) == {"dev_matched", "dev_mismatched"}
+  assert set(summary["predictions"]) == {"dev_matched", "dev_mismatched", "test_matched",
+                                         "test_mismatched"}
+  for split, n in (("test_matched", 6), ("test_mismatched", 5)):
+    lines = open(summary["predictions"][split]).read().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == n + 1
+    assert {l.split("\t")[1] for l in lines[1:]} <= set(labels)
+
+
 @pytest.mark.slow
 def test_conll_tagging_end_to_end(tmp_path):
   rng = np.random.default_rng(1)

@@ -171,7 +171,7 @@ class FinetuneJob:
   labels: Optional[list]
   train_features: dict
   evals: list                      # EvalSet per task.eval_splits
-  test: Optional[EvalSet]
+  tests: list                      # EvalSet per task.test_splits found (no labels)
   mesh: Any
   task: TrainTask = None
   num_train_examples: int = 0
@@ -251,12 +251,12 @@ class FinetuneJob:
     paths, results = {}, {}
     name = self.spec.name
     last = getattr(self, "_last", (None, {}))
-    for es in self.evals + ([self.test] if self.test is not None else []):
+    for es, labelled in [(e, True) for e in self.evals] + [(e, False) for e in self.tests]:
       if last[0] is params and es.split in last[1]:
         preds = last[1][es.split]
       else:
         preds = self.predict(params, es)
-      if es is not self.test:
+      if labelled:
         results[es.split] = {k: float(v) for k, v in self.score(es, preds).items()}
       fam = self.spec.family
       if fam == "span":
@@ -338,15 +338,15 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
   for split in spec.eval_splits:
     ex = cap(spec.read(f.data, split, f), f.max_eval_examples)
     evals.append(EvalSet(split, ex, _features(spec, ex, tok, f, label_map, False)))
-  test = None
-  try:
-    if not f.predict_test:
-      raise UserError(f"no {spec.test_split} file wanted (finetune.predict_test=false)")
-    test_ex = cap(spec.read(f.data, spec.test_split, f), f.max_eval_examples)
-    test = EvalSet(spec.test_split, test_ex, _features(spec, test_ex, tok, f, label_map, False))
-  except UserError as e:
-    if f"no {spec.test_split} file" not in str(e):
-      raise
+  tests = []
+  for split in spec.test_splits if f.predict_test else ():
+    try:
+      test_ex = cap(spec.read(f.data, split, f), f.max_eval_examples)
+    except UserError as e:
+      if f"no {split} file" not in str(e):
+        raise
+      continue                           # test files are optional
+    tests.append(EvalSet(split, test_ex, _features(spec, test_ex, tok, f, label_map, False)))
   train_feats = _features(spec, train_ex, tok, f, label_map, True)
   keep = INPUTS + TARGETS[spec.family]
   train_arrays = {k: train_feats[k] for k in keep}
@@ -379,7 +379,7 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
       return out
 
   job = FinetuneJob(spec=spec, cfg=cfg, tokenizer=tok, model=model, labels=labels,
-                    train_features=train_feats, evals=evals, test=test, mesh=mesh,
+                    train_features=train_feats, evals=evals, tests=tests, mesh=mesh,
                     num_train_examples=len(train_ex))
   job.task = TrainTask(
       name=f"finetune-{spec.name}", model=model, init_params=init_params,

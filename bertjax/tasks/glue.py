@@ -196,7 +196,7 @@ _glue("QNLI", Layout("question", "sentence", "label"), ("entailment", "not_entai
       _cls_metrics, "accuracy", description="GLUE QNLI question entailment")
 _glue("MNLI", Layout("sentence1", "sentence2", "gold_label"),
       ("contradiction", "entailment", "neutral"), _cls_metrics, "accuracy",
-      eval_splits=("dev_matched", "dev_mismatched"), test_split="test_matched",
+      eval_splits=("dev_matched", "dev_mismatched"), test_splits=("test_matched", "test_mismatched"),
       description="GLUE MNLI (matched and mismatched dev)")
 _glue("QQP", Layout("question1", "question2", "is_duplicate", guid="id", skip_short_rows=True),
       ("0", "1"),

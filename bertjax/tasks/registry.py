@@ -33,7 +33,8 @@ class TaskSpec:
   primary_metric: str
   # Splits evaluated during and after training (MNLI: matched and mismatched).
   eval_splits: tuple[str, ...] = ("dev",)
-  test_split: str = "test"
+  # Unlabelled splits predicted at the end (MNLI: matched and mismatched test).
+  test_splits: tuple[str, ...] = ("test",)
   description: str = ""
 
 
