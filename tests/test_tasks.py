@@ -211,6 +211,18 @@ def test_batch_iterator_epochs_stream_and_resume():
   np.testing.assert_array_equal(next(it3)["x"], first[2])
 
 
+def test_batch_iterator_processes_split_the_global_batch():
+  arrays = {"x": np.arange(10)}
+  one = featurize.BatchIterator(arrays, 4, seed=3)
+  parts = [featurize.BatchIterator(arrays, 4, seed=3, process_index=p, process_count=2)
+           for p in range(2)]
+  for _ in range(6):                                 # crosses epoch boundaries
+    glob = next(one)["x"]
+    np.testing.assert_array_equal(np.concatenate([next(it)["x"] for it in parts]), glob)
+  with pytest.raises(ValueError, match="does not split"):
+    featurize.BatchIterator(arrays, 5, process_count=2)
+
+
 def test_glue_prediction_tsv(tmp_path):
   ex = [glue.Example("0", "a", None, None), glue.Example("1", "b", None, None)]
   glue.write_predictions(str(tmp_path / "p.tsv"), ex, ["1", "0"])

@@ -85,14 +85,23 @@ class BatchIterator:
   (seed, e); a batch may straddle two epochs, so E epochs of N examples take exactly
   ceil(E * N / B) steps. (epoch, position) is the whole state: a resumed run yields exactly the
   batches an uninterrupted one would.
+  Multi-host: every process walks the same global order (batch_size = the global batch) and
+  yields only its own rows, process p's being rows p * B_local ... of each global batch (the
+  layout bertjax.sharding.shard_batch assembles), so N processes train on exactly the batches
+  one process would.
   """
 
-  def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int = 0):
+  def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int = 0,
+               process_index: int = 0, process_count: int = 1):
     self.arrays = arrays
     self.n = len(next(iter(arrays.values())))
     if not self.n:
       raise ValueError("no training examples")
+    if batch_size % process_count:
+      raise ValueError(f"global batch {batch_size} does not split over {process_count} processes")
     self.batch_size = batch_size
+    local = batch_size // process_count
+    self._rows = slice(process_index * local, (process_index + 1) * local)
     self.seed = seed
     self.epoch = 0
     self.pos = 0
@@ -116,7 +125,7 @@ class BatchIterator:
       self.pos += len(take)
       if self.pos >= self.n:
         self.epoch, self.pos = self.epoch + 1, 0
-    idx = np.concatenate(parts)
+    idx = np.concatenate(parts)[self._rows]                       # this process's rows
     return {k: v[idx] for k, v in self.arrays.items()}
 
   def get_state(self) -> dict:

@@ -192,7 +192,12 @@ class FinetuneJob:
     fn = self._predict_fn()
     outs = []
     inputs = {k: feats[k] for k in INPUTS}
+    sharding = shd.batch_sharding(self.mesh)
     for batch, n in featurize.eval_batches(inputs, bs):
+      # Every process holds every eval feature: each device takes its rows of the global batch
+      # (works on one host and many; the replicated outputs are readable on every process).
+      batch = {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
+               for k, v in batch.items()}
       y = jax.device_get(fn(params, batch))
       outs.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], y))
     if not outs:
@@ -261,17 +266,20 @@ class FinetuneJob:
       fam = self.spec.family
       if fam == "span":
         path = os.path.join(out_dir, f"{name}_{es.split}_predictions.json")
-        squad.write_predictions(path, preds)
+        save = functools.partial(squad.write_predictions, path, preds)
       elif fam == "tagging":
         path = os.path.join(out_dir, f"{name}_{es.split}.conll")
-        conll.write_predictions(path, es.examples, preds)
+        save = functools.partial(conll.write_predictions, path, es.examples, preds)
       else:
         path = os.path.join(out_dir, f"{name}_{es.split}.tsv")
-        glue.write_predictions(path, es.examples, preds)
+        save = functools.partial(glue.write_predictions, path, es.examples, preds)
+      if jax.process_index() == 0:        # every process predicted (collective); one writes
+        save()
       paths[es.split] = path
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "eval_results.json"), "w") as fh:
-      json.dump({"task": name, "results": results, "predictions": paths}, fh, indent=2)
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, "eval_results.json"), "w") as fh:
+        json.dump({"task": name, "results": results, "predictions": paths}, fh, indent=2)
     return {"results": results, "predictions": paths}
 
 
@@ -363,8 +371,9 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
     t.eval_every = f.eval_every or steps_per_epoch
 
   model = FineTuneModel(cfg.model, spec.family, len(labels) if labels else 1)
-  it = featurize.BatchIterator(train_arrays, shd.local_batch_size(batch),
-                               seed=t.seed + 1000 * jax.process_index())
+  it = featurize.BatchIterator(train_arrays, batch, seed=t.seed,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
 
   def init_params(rng, example):
     return model.init({"params": rng, "dropout": rng}, example["input_ids"],
