@@ -98,6 +98,15 @@ def test_prepare_counts_rerun_and_heldout(tmp_path):
   assert m2["fingerprint"] != m["fingerprint"]
   # same split assignment whatever the file order (content hash): heldout stays stable
   assert abs(m2["splits"]["heldout"]["documents"] - ho["documents"]) <= 1
+  # a corrupt manifest: reading it names the file; preparing again rebuilds it with a warning
+  from bertjax.data.prepare import load_manifest
+  with open(os.path.join(out, "manifest.json"), "w") as f:
+    f.write('{"splits": {"train"')
+  with pytest.raises(UserError, match="manifest.json: not a valid manifest"):
+    load_manifest(out)
+  with pytest.warns(UserWarning, match="preparing the corpus again"):
+    m3 = prepare_corpus(cfg, out)
+  assert m3["fingerprint"] == m2["fingerprint"] and load_manifest(out) == m3
 
 
 def test_prepare_parallel_equals_serial(tmp_path):

@@ -128,9 +128,13 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
                  "corpus_format": data_cfg.corpus_format,
                  "heldout_fraction": float(data_cfg.heldout_fraction), "seed": int(data_cfg.seed)}
   manifest_path = os.path.join(out_dir, "manifest.json")
+  old = None
   if os.path.isfile(manifest_path):
-    with open(manifest_path) as f:
-      old = json.load(f)
+    try:
+      old = _read_manifest(manifest_path)
+    except UserError as e:                 # regenerable: prepare again over it
+      warnings.warn(f"{e}; preparing the corpus again")
+  if old is not None:
     needed = [s["file"] for sp in old.get("splits", {}).values() for s in sp["shards"]]
     needed += [f"{sp}-{kind}.bin" for sp in ("train", "heldout")
                for kind in ("sentlens", "pieces", "sentoffs")] + ["token_tables.npz"]
@@ -227,8 +231,20 @@ def load_manifest(prepared_dir: str) -> dict:
   path = os.path.join(prepared_dir, "manifest.json")
   if not os.path.isfile(path):
     raise UserError(f"{prepared_dir}: no manifest.json; run `bertjax prepare --out {prepared_dir}`")
-  with open(path) as f:
-    return json.load(f)
+  return _read_manifest(path)
+
+
+def _read_manifest(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{path}: not a valid manifest ({e}); delete the prepared directory and "
+                    "run again") from None
+  if not isinstance(manifest, dict) or "splits" not in manifest:
+    raise UserError(f"{path}: not a bertjax manifest (no 'splits'); delete the prepared "
+                    "directory and run again")
+  return manifest
 
 
 def format_summary(manifest: dict) -> str:
