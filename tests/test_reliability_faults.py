@@ -268,8 +268,9 @@ def test_nan_policy_skip_keeps_weights_and_continues(base, reference, tmp_path):
   non-finite step. Step 5 is poisoned: params after step 5 == the reference's after step 4,
   bitwise; training goes on to step 6 with finite weights."""
   wd = tmp_path / "wd"
-  R.run_ok(args(base, wd, 6, "--config.train.nan_policy=skip",
-                "--config.checkpoint.every_steps=1"), env(base, tmp_path, {"nan_at_step": 5}))
+  out = R.run_ok(args(base, wd, 6, "--config.train.nan_policy=skip",
+                      "--config.checkpoint.every_steps=1"), env(base, tmp_path, {"nan_at_step": 5}))
+  assert "skipped 1 update(s) with a non-finite loss or gradient (steps 5)" in out.stdout + out.stderr
   R.assert_bitwise(R.params_of(wd, 5)[0], reference["params"][4])
   p6, _ = R.params_of(wd, 6)
   assert all_finite(p6)

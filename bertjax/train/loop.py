@@ -203,6 +203,12 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
               f"non-finite loss or gradient at step {step - len(flags) + 1 + flags.index(False)}"
               f"; stopped at step {step}, the latest checkpoint has finite weights; lower "
               f"optim.learning_rate, check the data, or set train.nan_policy=skip")
+        skipped = [step - len(flags) + 1 + i for i, f in enumerate(flags) if not f]
+        if skipped and is_main:            # nan_policy=skip: say so, the weights were kept
+          (bar.write if bar is not None else print)(
+              f"[{task.name}] skipped {len(skipped)} update(s) with a non-finite loss or "
+              f"gradient (steps {', '.join(map(str, skipped[:5]))}"
+              f"{', ...' if len(skipped) > 5 else ''}); the weights before them were kept")
         finite_flags.clear()
         record = combine_host({k: v for k, v in m.items() if k != "finite"})
         now = time.time()
