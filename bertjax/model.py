@@ -183,9 +183,36 @@ class LayerNorm(nn.Module):
     return y.astype(dtype_of(self.config))
 
 
+@jax.custom_vjp
 def gelu(x: Array) -> Array:
-  """Exact GELU, x * Phi(x), as the original BERT (not the tanh approximation)."""
-  return jax.nn.gelu(x, approximate=False)
+  """Exact GELU, x * Phi(x), as the original BERT (not the tanh approximation), computed in f32
+  and returned in x's dtype.
+
+  The backward is the closed form g * (Phi(x) + x * phi(x)) in one elementwise pass over the
+  saved input; autodiff of x * erfc(-x / sqrt 2) / 2 kept f32 intermediates of the [B, S, I]
+  activations and spent several passes on them (the FFN's largest elementwise cost on CPU).
+  """
+  xf = x.astype(jnp.float32)
+  return (xf * _normal_cdf(xf)).astype(x.dtype)
+
+
+def _normal_cdf(x: Array) -> Array:
+  # 1 + erf rather than erfc(-x): XLA:CPU's erf is a short polynomial (5% faster BERT-mini
+  # step than erfc, same absolute error ~1.5e-6 against float64).
+  return 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+def _gelu_fwd(x):
+  return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+  xf = x.astype(jnp.float32)
+  pdf = jnp.exp(-0.5 * xf * xf) * (1.0 / math.sqrt(2.0 * math.pi))          # phi(x)
+  return ((g.astype(jnp.float32) * (_normal_cdf(xf) + xf * pdf)).astype(x.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 class Embeddings(nn.Module):
