@@ -18,6 +18,8 @@ WORKDIR/predictions/ and the dev metrics to WORKDIR/eval_results.json.
 --init is a bertjax export (`bertjax export`) or a Hugging Face BERT directory; its own
 tokenizer is used. Without --init the encoder starts from random weights (model.* and
 data.tokenizer from the config). Tasks: {tasks}.
+Multi-host: the same command on every host with --coordinator HOST:PORT --num-processes N
+--process-id I (or let JAX detect a TPU pod / SLURM job); process 0 writes the predictions.
 Defaults: BERT's recipe (AdamW 2e-5, batch 32, 3 epochs, 10% warmup); --config FILE starts
 from a config file instead (configs/finetune_*.py); --config.KEY=VALUE overrides any field.
 """
@@ -44,6 +46,8 @@ def finetune_main(argv: list[str]) -> int:
   p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, predictions/")
   p.add_argument("--config", default="", help="config file (default: BERT's fine-tuning recipe)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  from bertjax import distributed
+  distributed.add_flags(p)
   args, rest = p.parse_known_args(argv)
   overrides = _overrides(rest)
 
@@ -60,7 +64,12 @@ def finetune_main(argv: list[str]) -> int:
   for field, value in (("task", args.task), ("data", args.data), ("init", args.init)):
     if value:
       cfg.finetune[field] = value
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   logging.getLogger("absl").setLevel(logging.WARNING)
+  import jax
+  if jax.default_backend() == "cpu":
+    from bertjax.hostmem import keep_freed_memory   # as `bertjax pretrain` (fewer page faults)
+    keep_freed_memory()
 
   from bertjax.tasks.finetune import run
   summary = run(cfg, args.workdir, progress=not args.no_progress)
