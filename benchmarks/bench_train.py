@@ -38,7 +38,8 @@ BASE512 = dict(size="base", seq=512, batch=8, preds=80)
 LABEL = {"mini": "L4/H256 (BERT-mini)", "base": "BERT-base"}
 # The settings the trainer uses by default for each precision (the ablation varies one at a time).
 BEST = dict(mixed_bwd=True, fused_qkv=False, donate=True, host_alloc=True, remat=False,
-            hash_dropout=True, bias_matvec=True, closed_form_gelu=True)
+            hash_dropout=True, bias_matvec=True, closed_form_gelu=True,
+            small_transpose=True)
 
 
 def _steps(n: int) -> int:
@@ -66,6 +67,8 @@ def ablation_cases() -> list[tuple[str, dict]]:
        dict(best, hash_dropout=False)),
       ("MLM bias gradient as XLA's row reduction", dict(best, bias_matvec=False)),
       ("GELU by autodiff of jax.nn.gelu (erfc form)", dict(best, closed_form_gelu=False)),
+      ("weight gradients copy the larger operand transposed (FFN output: [I, B*S])",
+       dict(best, small_transpose=False)),
       ("fused QKV (one [H, 3H] matmul)", dict(best, fused_qkv=True)),
       ("state not donated", dict(best, donate=False)),
       ("default glibc allocator (page faults on every step)", dict(best, host_alloc=False)),
@@ -88,6 +91,14 @@ def _autodiff_matmul(spec, a, b, config):
   from bertjax.model import dtype_of
   dt = dtype_of(config)
   return jnp.einsum(spec, a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
+
+
+def _first_operand_owns_output(out, x, xv, y, yv):
+  """The model's `_einsum_pair` before it chose which weight-gradient operand to transpose."""
+  import jax.numpy as jnp
+  if next(ch for ch in out if (ch in x) != (ch in y)) not in x:
+    x, xv, y, yv = y, yv, x, xv
+  return jnp.einsum(f"{x},{y}->{out}", xv, yv, preferred_element_type=jnp.float32)
 
 
 def run_case(case: dict) -> dict:
@@ -116,6 +127,8 @@ def run_case(case: dict) -> dict:
     model_lib.add_bias = lambda y, bias: y + bias
   if not case.get("closed_form_gelu", True):
     model_lib.gelu = lambda x: jax.nn.gelu(x, approximate=False)
+  if not case.get("small_transpose", True):
+    model_lib._einsum_pair = _first_operand_owns_output
   cfg = config_lib.base_config()
   cfg.model = config_lib.model_config(case["size"])
   m, d, t = cfg.model, cfg.data, cfg.train

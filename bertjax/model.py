@@ -40,6 +40,12 @@ def _einsum_pair(out: str, x: str, xv: Array, y: str, yv: Array) -> Array:
   first_free = next(ch for ch in out if (ch in x) != (ch in y))
   if first_free not in x:
     x, xv, y, yv = y, yv, x, xv
+  if len(out) == 2 and len(x) > 2 and xv.size > yv.size:
+    # A weight gradient (x^T g, contracting the leading [B, S] axes): the dot copies its first
+    # operand into a transposed layout, so let that be the smaller one and transpose the small
+    # [out1, out0] result instead (FFN output kernel: [B*S, H] copied instead of [B*S, I]).
+    return jax.lax.optimization_barrier(
+        jnp.einsum(f"{y},{x}->{out[::-1]}", yv, xv, preferred_element_type=jnp.float32)).T
   return jnp.einsum(f"{x},{y}->{out}", xv, yv, preferred_element_type=jnp.float32)
 
 
