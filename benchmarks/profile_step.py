@@ -217,8 +217,9 @@ def category(name: str, op: dict, vocab: int) -> str:
     return "MLM softmax cross-entropy, argmax accuracy, bias"
   if "LayerNorm" in meta or "_norm/" in meta:
     return "LayerNorm (f32 statistics)"
-  if "erf" in meta or "gelu" in meta or "erf" in body:
-    return "GELU (exact erf)"
+  if "erf" in meta or "gelu" in meta or "erf" in body or (
+      "exponential" in body and "layer_" in meta and "/attention/" not in meta):
+    return "GELU (exact erf; backward: exp)"
   if "/attention/" in meta:
     return "attention mask + softmax (f32) + head transposes"
   if "embeddings" in meta:
