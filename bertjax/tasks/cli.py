@@ -42,7 +42,8 @@ def finetune_main(argv: list[str]) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--task", default="", help="registered task name (see above)")
   p.add_argument("--data", default="", help="folder with the task's train/dev(/test) files")
-  p.add_argument("--init", default="", help="bertjax bundle or Hugging Face BERT directory")
+  p.add_argument("--init", "--init-from", dest="init", default="",
+                 help="bertjax bundle or Hugging Face BERT directory")
   p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, predictions/")
   p.add_argument("--config", default="", help="config file (default: BERT's fine-tuning recipe)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")

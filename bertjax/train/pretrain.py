@@ -273,7 +273,7 @@ def format_summary(summary: dict, export_dir: Optional[str]) -> str:
                  f"NSP acc {ev.get('eval_nsp_acc', float('nan')):.3f}")
   lines.append(f"  checkpoint  {summary['checkpoint']}")
   if export_dir:
-    lines.append(f"  exported    {export_dir}  (fine-tune: --init-from {export_dir})")
+    lines.append(f"  exported    {export_dir}  (fine-tune: bertjax finetune --init {export_dir})")
   lines.append(f"  metrics     {summary['metrics']}")
   if summary["curves"]:
     lines.append(f"  curves      {summary['curves']}")
