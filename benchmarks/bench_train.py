@@ -39,7 +39,7 @@ LABEL = {"mini": "L4/H256 (BERT-mini)", "base": "BERT-base"}
 # The settings the trainer uses by default for each precision (the ablation varies one at a time).
 BEST = dict(mixed_bwd=True, fused_qkv=False, donate=True, host_alloc=True, remat=False,
             hash_dropout=True, bias_matvec=True, closed_form_gelu=True,
-            small_transpose=True)
+            small_transpose=True, dense_bias_matvec=True)
 
 
 def _steps(n: int) -> int:
@@ -66,6 +66,8 @@ def ablation_cases() -> list[tuple[str, dict]]:
       ("dropout masks from jax.random (threefry), as flax.linen.Dropout",
        dict(best, hash_dropout=False)),
       ("MLM bias gradient as XLA's row reduction", dict(best, bias_matvec=False)),
+      ("Dense bias and position-embedding gradients as XLA reductions (not ones @ g)",
+       dict(best, dense_bias_matvec=False)),
       ("GELU by autodiff of jax.nn.gelu (erfc form)", dict(best, closed_form_gelu=False)),
       ("weight gradients copy the larger operand transposed (FFN output: [I, B*S])",
        dict(best, small_transpose=False)),
@@ -125,6 +127,8 @@ def run_case(case: dict) -> dict:
     model_lib.Dropout = nn.Dropout
   if not case.get("bias_matvec", True):
     model_lib.add_bias = lambda y, bias: y + bias
+  if not case.get("dense_bias_matvec", True):
+    model_lib.bias_add = lambda y, bias: y + bias
   if not case.get("closed_form_gelu", True):
     model_lib.gelu = lambda x: jax.nn.gelu(x, approximate=False)
   if not case.get("small_transpose", True):

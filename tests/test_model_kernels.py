@@ -2,7 +2,9 @@
 
 - `gelu` (closed-form backward, erf form) is BERT's exact GELU, value and gradient;
 - the bf16 matmul's weight gradient, computed transposed when the activation is the larger
-  operand (FFN output kernel), equals the float32 autodiff gradient.
+  operand (FFN output kernel), equals the float32 autodiff gradient;
+- `add_bias` (bias gradient as ones @ g) sums the cotangent over the leading axes, for 1-D
+  biases and the [S, H] position embeddings.
 
 Budget: < 10 s on 2 cores.
 """
@@ -77,3 +79,19 @@ def test_weight_gradient_with_larger_activation_matches_f32_autodiff():
   for operands in re.findall(r"f32\[24,96\]\S* (?:dot|fusion)\(([^)]*)\)", hlo):
     for name in re.findall(r"%([\w.\-]+)", operands):
       assert re.search(rf"%{re.escape(name)} = bf16\[", hlo), name
+
+
+def test_add_bias_gradient_sums_leading_axes():
+  # Dense biases ([N] over [B, S, N]) and position embeddings ([S, H] over [B, S, H]).
+  for y_shape, b_shape in (((3, 5, 7), (7,)), ((3, 5, 7), (5, 7)), ((4, 6), (6,))):
+    ky, kb, kg = jax.random.split(jax.random.PRNGKey(len(b_shape)), 3)
+    y = jax.random.normal(ky, y_shape)
+    b = jax.random.normal(kb, b_shape)
+    g = jax.random.normal(kg, y_shape)
+    out, vjp = jax.vjp(M.add_bias, y, b)
+    dy, db = vjp(g)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(y + b), rtol=0, atol=0)
+    np.testing.assert_allclose(np.asarray(dy), np.asarray(g), rtol=0, atol=0)
+    lead = tuple(range(len(y_shape) - len(b_shape)))
+    assert db.shape == b_shape
+    np.testing.assert_allclose(np.asarray(db), np.asarray(g).sum(lead), rtol=1e-5, atol=1e-5)
