@@ -240,7 +240,7 @@ def ours_cmd(args, workdir: str) -> list[str]:
          f"--config.finetune.max_train_examples={args.max_train}",
          f"--config.finetune.max_eval_examples={args.max_eval}",
          "--config.finetune.eval_every=1000000", "--config.checkpoint.every_steps=1000000",
-         "--config.finetune.predict_test=false"]
+         "--config.finetune.predict_test=false", f"--config.model.dtype={args.dtype}"]
   if args.task == "squad":
     cmd += [f"--config.finetune.article_split={args.article_split}",
             f"--config.finetune.doc_stride={args.doc_stride}",
@@ -296,6 +296,8 @@ def main(argv=None) -> int:
   p.add_argument("--n-best", type=int, default=20)
   p.add_argument("--max-answer-length", type=int, default=30)
   p.add_argument("--threads", type=int, default=0, help="peer torch threads (0 = default)")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="ours: compute dtype (model.dtype; params stay f32); the peer runs fp32")
   args = p.parse_args(argv)
   args.data = args.data or str((REPO / DATA[args.task]).resolve())
   args.init = args.init or default_init()
