@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import grain
 import jax
@@ -333,20 +334,36 @@ def test_restore_params_without_optimizer(tmp_path):
     ck.restore_params(str(tmp_path / "nothing"))
 
 
+def _handled(guard, timeout=10.0) -> bool:
+  """Wait for the Python handler: the OS may deliver the signal to another (JAX/Orbax) thread,
+  and the main thread runs the handler only at its next check (late on a loaded machine)."""
+  t0 = time.time()
+  while guard.signum is None and time.time() - t0 < timeout:
+    time.sleep(0.01)
+  return guard.signum is not None
+
+
 def test_preemption_guard_sigterm_and_sigint():
   before = signal.getsignal(signal.SIGTERM)
+  # What the guard must put back: Python's default_int_handler, or SIG_IGN when this process
+  # started with SIGINT ignored (a background job, `nohup`).
+  before_int = signal.getsignal(signal.SIGINT)
   with ck.PreemptionGuard() as guard:
     assert not guard.should_stop(1)
     os.kill(os.getpid(), signal.SIGTERM)  # the process survives: the handler only sets a flag
+    assert _handled(guard)
     assert guard.should_stop(2) and guard.signal_name == "SIGTERM"
     assert guard.should_stop(3)  # stays stopped
   assert signal.getsignal(signal.SIGTERM) is before
   with ck.PreemptionGuard() as guard:
     os.kill(os.getpid(), signal.SIGINT)
+    assert _handled(guard)
     assert guard.should_stop(1) and guard.signal_name == "SIGINT"
     with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C means: stop now
       os.kill(os.getpid(), signal.SIGINT)
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+      for _ in range(1000):                  # the handler raises at the next check
+        time.sleep(0.01)
+  assert signal.getsignal(signal.SIGINT) is before_int
 
 
 def test_state_with_nan_is_never_saved(tmp_path):
