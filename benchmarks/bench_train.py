@@ -312,6 +312,9 @@ def run(out_dir: str) -> dict:
   for what, case in ablation_cases():
     print(f"[bench train] ablation: {what}", flush=True)
     ablation.append({"what": what, "case": case, "result": measure_ours(case)})
+  print("[bench train] matmul bound (the step's matmuls alone)", flush=True)
+  bound = _run_json([sys.executable, "-m", "benchmarks.matmul_bound", "--json", "-"])
+  _load_probe(loads)
   peak1 = measure_peaks()
 
   peaks = {}
@@ -328,7 +331,7 @@ def run(out_dir: str) -> dict:
                prec_peak[row.get("precision", c["dtype"])])
 
   data = {"peak_gflops": peaks, "peak_runs": [peak0, peak1], "rows": rows, "ablation": ablation,
-          "quick": QUICK}
+          "quick": QUICK, "matmul_bound": bound}
   data["goals"] = _goals(rows, peaks)
   # Another job on the machine slows the PyTorch peer far more than the XLA step (5.0 vs 23.5
   # seq/s idle, seen at load ~6 on 2 cores), inflating the ratio: no verdict from a loaded run.
@@ -409,6 +412,18 @@ def _markdown(data: dict) -> str:
             f" seq/s; goal >= 5x: {'met' if g['speedup_goal_met'] else 'NOT met'}); MFU vs the "
             f"bf16 peak **{100 * (g['mfu_vs_bf16_peak'] or 0):.1f}%** (goal >= 30%: "
             f"{'met' if g['mfu_goal_met'] else 'NOT met'})."]
+  b = data.get("matmul_bound") or {}
+  if "rows" in b:
+    sk, st = b["rows"]["matmul skeleton (fwd + bwd)"], b["rows"]["train step"]
+    out += ["", f"**MFU ceiling** (benchmarks/matmul_bound.py, {b['config']}, one process, "
+            f"interleaved): the train step's matmuls alone (same shapes and bf16 matmul path, no "
+            f"softmax/LayerNorm/GELU/dropout/loss/optimizer) run {sk['seq_per_s']:.1f} seq/s = "
+            f"**{100 * sk['mfu']:.1f}% MFU** against the bf16 peak measured in that process "
+            f"({b['bf16_peak_gflops']:.0f} GFLOP/s); the real step beside it: "
+            f"{st['seq_per_s']:.1f} seq/s, {100 * st['mfu']:.1f}% MFU; matmuls are "
+            f"{100 * b['matmul_share_of_step']:.0f}% of its time."]
+  elif b:
+    out += ["", f"MFU ceiling: matmul_bound failed: {str(b.get('error'))[-200:]}"]
   out += ["", "Ablation (L4/H256 unless stated; one setting changed from the best): seq/s median "
           "(range), time relative to the best row, CPU seconds per step (all threads; less "
           "sensitive than wall time to other processes on a shared machine), page faults per "

@@ -1,7 +1,8 @@
 """How high can MFU go on this machine? The train step's matmuls alone, against the real step.
 
 Run: `python -m benchmarks.matmul_bound` (L4/H256, S=128, B=32, P=20, bf16; `--size base`,
-`--seq`, `--batch`, `--repeats`, `--json FILE`).
+`--seq`, `--batch`, `--repeats`, `--json FILE`, or `--json -` for a last JSON line); `make bench`
+runs it in its training section.
 
 The "matmul skeleton" is the pretraining step with everything but its matmuls removed: the same
 parameter shapes and the same `bertjax.model.matmul` calls (bf16 operands, f32 accumulation,
@@ -110,7 +111,9 @@ def main(argv=None) -> int:
   print(f"matmuls alone take {100 * out['matmul_share_of_step']:.0f}% of the step's time; "
         f"with everything else free the step would reach "
         f"{100 * rows['matmul skeleton (fwd + bwd)']['mfu']:.1f}% MFU")
-  if args.json:
+  if args.json == "-":
+    print(json.dumps(out))  # one line, last: benchmarks/bench_train.py reads it
+  elif args.json:
     with open(args.json, "w") as f:
       json.dump(out, f, indent=1)
   return 0
