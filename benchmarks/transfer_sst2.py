@@ -39,7 +39,7 @@ def command(args, arm: str, seed: int, workdir: str, lr: float, data: str) -> li
          f"--config.finetune.max_seq_length={args.seq}",
          f"--config.finetune.max_train_examples={args.max_train}",
          f"--config.model.dtype={args.dtype}", "--config.finetune.predict_test=false",
-         "--config.checkpoint.every_steps=1000000"]
+         "--config.checkpoint.every_steps=1000000"] + [f"--config.{kv}" for kv in args.set]
   if arm == "pretrained":
     return cmd + ["--init", args.init]
   # Random init: the bundle's architecture and tokenizer, no weights.
@@ -143,6 +143,9 @@ def main(argv=None) -> int:
   p.add_argument("--select-holdout", type=int, default=2000,
                  help="rows from the end of train.tsv used to choose the learning rate")
   p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="extra config for both arms, e.g. --set finetune.freeze=encoder (a linear "
+                      "probe of the encoder's features)")
   args = p.parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "transfer.json")
