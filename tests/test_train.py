@@ -187,3 +187,26 @@ def test_frozen_params_do_not_change(tmp_path):
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(new["bert"]),
                                                    jax.tree_util.tree_leaves(old["bert"])))
   assert not np.array_equal(new["nsp"]["kernel"], old["nsp"]["kernel"])
+
+
+def test_curves_show_finetuning_metrics(tmp_path):
+  """Fine-tuning logs loss, accuracy (a fraction) and eval_<metric> (percentages): the curves'
+  metrics panel holds them (it once listed only the pretraining keys and stayed empty), with
+  fractions scaled to percent beside them, and plotting raises no warning."""
+  import warnings
+  from bertjax.train.metrics import curve_panels, plot
+  recs = [{"step": s, "loss": 0.7 - s / 1000, "accuracy": 0.5 + s / 1000, "lr": 1e-4,
+           "grad_norm": 1.0, "seq_per_s": 40.0, "mfu": None} for s in (10, 20, 30)]
+  recs[-1].update(eval_accuracy=71.5, eval_mcc=26.9)
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+  panels = dict(curve_panels(recs))
+  assert panels["loss"] == ["loss"]
+  assert panels["accuracy / eval metrics"] == ["accuracy", "eval_accuracy", "eval_mcc"]
+  pre = curve_panels([{"step": 1, "loss": 5.0, "mlm_loss": 4.0, "nsp_loss": 0.6, "mlm_acc": 0.2,
+                       "nsp_acc": 0.7, "eval_mlm_acc": 0.3, "lr": 1e-3, "seq_per_s": 500.0}])
+  assert pre[0][1] == ["loss", "mlm_loss", "nsp_loss"]
+  assert pre[1][1] == ["eval_mlm_acc", "mlm_acc", "nsp_acc"]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    out = plot(str(tmp_path))
+  assert os.path.getsize(out) > 1000

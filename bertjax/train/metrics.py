@@ -94,6 +94,19 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(ln) for ln in f if ln.strip()]
 
 
+def curve_panels(records: list[dict]) -> list[tuple[str, list[str]]]:
+  """The curves' four panels (title, metric keys) from the keys the records hold: pretraining
+  logs mlm_/nsp_ losses and accuracies, fine-tuning its loss, accuracy and eval_<metric>
+  (accuracy, f1, mcc, exact_match, pearson ...)."""
+  keys = sorted({k for r in records for k, v in r.items()
+                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)})
+  losses = [k for k in keys if k == "loss" or k.endswith("_loss")]
+  speed = {"lr", "seq_per_s", "tokens_per_s", "grad_norm", "mfu"}
+  scores = [k for k in keys if k not in losses and k not in speed and not k.endswith("_weight")]
+  return [("loss", losses), ("accuracy / eval metrics", scores), ("learning rate", ["lr"]),
+          ("sequences / s", ["seq_per_s"])]
+
+
 def plot(workdir: str, out: Optional[str] = None) -> str:
   """Loss, accuracy, learning rate and throughput curves of a workdir -> PNG path."""
   import matplotlib
@@ -111,19 +124,24 @@ def plot(workdir: str, out: Optional[str] = None) -> str:
     pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
     return [p[0] for p in pts], [p[1] for p in pts]
 
-  panels = [("loss", ["loss", "mlm_loss", "nsp_loss", "eval_mlm_loss", "eval_nsp_loss"]),
-            ("accuracy", ["mlm_acc", "nsp_acc", "eval_mlm_acc", "eval_nsp_acc"]),
-            ("learning rate", ["lr"]), ("sequences / s", ["seq_per_s"])]
+  panels = curve_panels(records)
+  scores = panels[1][1]
   fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
-  for ax, (title, keys) in zip(axes, panels):
-    for k in keys:
+  for ax, (title, panel_keys) in zip(axes, panels):
+    drawn = 0
+    for k in panel_keys:
       xs, ys = series(k)
+      label = k
+      if panel_keys is scores and ys and max(abs(y) for y in ys) <= 1.0 and any(
+          max((abs(y) for y in series(o)[1]), default=0) > 1.0 for o in scores):
+        ys, label = [100 * y for y in ys], f"{k} (x100)"  # fractions beside eval percentages
       if xs:
-        ax.plot(xs, ys, label=k, marker="o" if k.startswith("eval_") else None, markersize=3)
+        ax.plot(xs, ys, label=label, marker="o" if k.startswith("eval_") else None, markersize=3)
+        drawn += 1
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    if len(keys) > 1:
+    if drawn > 1:
       ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(out, dpi=72)
