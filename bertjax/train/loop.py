@@ -117,16 +117,20 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
                       best_metric=cfg.checkpoint.best_metric, config=cfg,
                       tokenizer_identity=task.tokenizer_identity)
   start, pending, resumed_from = 0, first, None
-  if ckpt.latest_step() is not None:
-    state, start = ckpt.restore(abstract, data_iter=data)
-    pending, resumed_from = None, start  # the iterator now sits where the checkpoint left it
-    if is_main:
-      print(f"[{task.name}] resumed from {ckpt.step_dir(start)} (step {start})", flush=True)
-  else:
-    state = create_state(task.init_params, tx, t.seed, first, mesh)
-    if task.load_pretrained is not None:
-      host = jax.tree_util.tree_map(np.asarray, jax.device_get(state.params))
-      state = state.replace(params=_place_params(task.load_pretrained(host), shardings.params))
+  # A refused resume or --init (UserError) closes Orbax's manager before the error propagates:
+  # left open, its background thread could die noisily in interpreter shutdown (a traceback
+  # under the one-line error, seen intermittently).
+  with ckpt.finish_on_error():
+    if ckpt.latest_step() is not None:
+      state, start = ckpt.restore(abstract, data_iter=data)
+      pending, resumed_from = None, start  # the iterator now sits where the checkpoint left it
+      if is_main:
+        print(f"[{task.name}] resumed from {ckpt.step_dir(start)} (step {start})", flush=True)
+    else:
+      state = create_state(task.init_params, tx, t.seed, first, mesh)
+      if task.load_pretrained is not None:
+        host = jax.tree_util.tree_map(np.asarray, jax.device_get(state.params))
+        state = state.replace(params=_place_params(task.load_pretrained(host), shardings.params))
 
   steps = {}  # phase -> compiled step (each traced once)
 
