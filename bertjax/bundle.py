@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from typing import Iterable
 
 import ml_collections
@@ -148,6 +149,22 @@ def load_pretrained(path: str):
     return params, model_cfg, tokenizer_path
   raise UserError(f"{path}: neither {BUNDLE} (bertjax bundle) nor {interop.CONFIG} (Hugging "
                   f"Face) found")
+
+
+def load_encoder(path: str):
+  """--init for fine-tuning / features -> (params, model_cfg, tokenizer_path, do_lower_case).
+
+  Only the encoder is used downstream, so the missing-pretraining-heads warning that
+  `interop.load_hf` gives for encoder-only checkpoints (e.g. BertModel) is not repeated here."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r".*the checkpoint has no mlm")
+    params, model_cfg, tok_path = load_pretrained(path)
+  if is_bundle(path):
+    with open(os.path.join(path, BUNDLE)) as fh:
+      lower = bool(json.load(fh).get("do_lower_case", True))
+  else:
+    lower = hf_do_lower_case(path)
+  return params, model_cfg, tok_path, lower
 
 
 def hf_do_lower_case(hf_dir: str, default: bool = True) -> bool:

@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import re
-import warnings
 from typing import Iterator, Optional
 
 import numpy as np
@@ -163,14 +162,7 @@ class Extractor:
     if jax.process_count() > 1:  # every process would read the whole file
       raise UserError("extract-features runs in one process (over all its local devices); "
                       "split the input and run one process per part")
-    with warnings.catch_warnings():  # the pretraining heads are not used here
-      warnings.filterwarnings("ignore", message=r".*the checkpoint has no mlm")
-      params, model_cfg, tok_path = bundle.load_pretrained(init)
-    if bundle.is_bundle(init):
-      with open(os.path.join(init, bundle.BUNDLE)) as fh:
-        lower = bool(json.load(fh).get("do_lower_case", True))
-    else:
-      lower = bundle.hf_do_lower_case(init)
+    params, model_cfg, tok_path, lower = bundle.load_encoder(init)
     model_cfg.dtype = "float32"  # features for downstream use: full precision
     model_cfg.remat = False
     self.layers = resolve_layers(layers, model_cfg.num_hidden_layers)
@@ -230,7 +222,7 @@ class Extractor:
         os.path.isdir(out_dir) and os.listdir(out_dir)):
       raise UserError(f"--out {out_dir}: exists and is not empty; choose a new directory")
     os.makedirs(out_dir, exist_ok=True)
-    shards, pending, index = [], [], []
+    shards, pending = [], []
     bar = tqdm(total=total, unit="ex", disable=not progress, desc="extract-features")
     writer = _ShardWriter(out_dir, self.layers, self.pool != "none")
     with open(os.path.join(out_dir, "index.jsonl"), "w", encoding="utf-8") as idx:

@@ -11,6 +11,7 @@ import logging
 import os
 import pathlib
 import shutil
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -470,3 +471,17 @@ def test_half_precision_checkpoint_loads_as_float32(tiny_hf):
   assert got.dtype == np.float32
   np.testing.assert_array_equal(
       got, params["bert"]["layer_0"]["attention"]["query"]["kernel"].astype(np.float16))
+
+
+def test_load_encoder_for_finetuning_is_quiet_about_missing_pretraining_heads(minilm_dir):
+  # MiniLM is a BertModel (no MLM/NSP heads): pretraining --init warns that they start fresh,
+  # fine-tuning and feature extraction never use them and say nothing.
+  with pytest.warns(UserWarning, match="the checkpoint has no mlm"):
+    full, _, _ = bundle.load_pretrained(minilm_dir)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    params, model_cfg, tok_path, lower = bundle.load_encoder(minilm_dir)
+  assert tok_path.endswith("vocab.txt") and lower is True
+  assert model_cfg.num_hidden_layers == 6 and model_cfg.hidden_size == 384
+  np.testing.assert_array_equal(params["bert"]["embeddings"]["word_embeddings"],
+                                full["bert"]["embeddings"]["word_embeddings"])

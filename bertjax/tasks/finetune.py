@@ -53,12 +53,7 @@ def load_init(cfg) -> tuple[Optional[dict], str, bool]:
   if not f.init:
     return None, cfg.data.tokenizer, cfg.data.do_lower_case
   from bertjax import bundle
-  params, model_cfg, tok_path = bundle.load_pretrained(f.init)
-  if bundle.is_bundle(f.init):
-    with open(os.path.join(f.init, bundle.BUNDLE)) as fh:
-      lower = bool(json.load(fh).get("do_lower_case", True))
-  else:
-    lower = bundle.hf_do_lower_case(f.init)
+  params, model_cfg, tok_path, lower = bundle.load_encoder(f.init)
   with cfg.model.unlocked():
     for k in ARCH_FIELDS:
       if k in model_cfg:
