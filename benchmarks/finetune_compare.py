@@ -83,11 +83,13 @@ def _train(model, tensors: dict, args, log):
   steps = max(1, math.ceil(args.epochs * n / args.batch))
   opt, sched = _optimizer(model, args, steps)
   model.train()
+  losses = args.peer_losses = []
   t0 = time.time()
   for step, idx in enumerate(_order(n, steps, args.batch, args.seed), 1):
     idx = torch.as_tensor(idx)
     out = model(**{k: v[idx] for k, v in tensors.items()})
     out.loss.backward()
+    losses.append(out.loss.item())
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     sched.step()
@@ -95,6 +97,21 @@ def _train(model, tensors: dict, args, log):
     if step % 20 == 0 or step == steps:
       log(f"step {step}/{steps} loss {out.loss.item():.4f} {time.time() - t0:.0f}s")
   return steps, time.time() - t0
+
+
+def _peer_dropout(args) -> dict:
+  """--deterministic: no dropout anywhere (encoder, attention, classifier)."""
+  return (dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+          if args.deterministic else {})
+
+
+def _peer_zero_head(args, linear) -> None:
+  """--deterministic: the task head starts at zero, as ours with finetune.head_zeroinit."""
+  if args.deterministic:
+    import torch
+    with torch.no_grad():
+      linear.weight.zero_()
+      linear.bias.zero_()
 
 
 def peer_classification(args, log) -> dict:
@@ -118,7 +135,9 @@ def peer_classification(args, log) -> dict:
     return dict(enc)
 
   torch.manual_seed(args.seed)
-  model = BertForSequenceClassification.from_pretrained(args.init, num_labels=len(labels))
+  model = BertForSequenceClassification.from_pretrained(args.init, num_labels=len(labels),
+                                                        **_peer_dropout(args))
+  _peer_zero_head(args, model.classifier)
   t0 = time.time()
   steps, train_s = _train(model, encode(train), args, log)
   model.eval()
@@ -129,11 +148,13 @@ def peer_classification(args, log) -> dict:
     for i in range(0, len(y), 64):
       preds.append(model(**{k: v[i:i + 64] for k, v in enc.items()}).logits.argmax(-1).numpy())
   preds = np.concatenate(preds)
+  dev_predictions = [labels[i] for i in preds]
   result = {"accuracy": 100 * metrics.accuracy(preds, y), "f1": 100 * metrics.f1_binary(preds, y),
             "mcc": 100 * metrics.matthews_corrcoef(preds, y)}
   return {"metrics": result, "steps": steps, "train_s": train_s, "wall_s": time.time() - t0,
           "train_seq_per_s": steps * args.batch / train_s,
-          "num_train": len(train), "num_eval": len(dev)}
+          "num_train": len(train), "num_eval": len(dev), "losses": args.peer_losses,
+          "dev_predictions": dev_predictions}
 
 
 def peer_squad(args, log) -> dict:
@@ -177,7 +198,8 @@ def peer_squad(args, log) -> dict:
     return enc, sample, starts, ends
 
   torch.manual_seed(args.seed)
-  model = BertForQuestionAnswering.from_pretrained(args.init)
+  model = BertForQuestionAnswering.from_pretrained(args.init, **_peer_dropout(args))
+  _peer_zero_head(args, model.qa_outputs)
   t0 = time.time()
   enc, _, starts, ends = features(train, True)
   tensors = {k: torch.as_tensor(enc[k]) for k in ("input_ids", "token_type_ids",
@@ -210,7 +232,8 @@ def peer_squad(args, log) -> dict:
   result = metrics.squad_v1({e.qid: e.answers for e in dev}, preds)
   return {"metrics": result, "steps": steps, "train_s": train_s, "wall_s": time.time() - t0,
           "train_seq_per_s": steps * args.batch / train_s,
-          "num_train": len(train), "num_eval": len(dev), "num_train_features": len(starts)}
+          "num_train": len(train), "num_eval": len(dev), "num_train_features": len(starts),
+          "losses": args.peer_losses, "dev_predictions": preds}
 
 
 def peer_main(args) -> dict:
@@ -241,6 +264,10 @@ def ours_cmd(args, workdir: str) -> list[str]:
          f"--config.finetune.max_eval_examples={args.max_eval}",
          "--config.finetune.eval_every=1000000", "--config.checkpoint.every_steps=1000000",
          "--config.finetune.predict_test=false", f"--config.model.dtype={args.dtype}"]
+  if args.deterministic:
+    cmd += ["--config.train.log_every=1",  # every step's loss, to set beside the peer's
+            "--config.model.hidden_dropout_prob=0.0",
+            "--config.model.attention_probs_dropout_prob=0.0", "--config.finetune.head_zeroinit=true"]
   if args.task == "squad":
     cmd += [f"--config.finetune.article_split={args.article_split}",
             f"--config.finetune.doc_stride={args.doc_stride}",
@@ -266,7 +293,15 @@ def ours_main(args) -> dict:
   # Steady-state training throughput (the trainer's windows exclude the compiling first step
   # and evaluation time), weighted by the steps in each logging window.
   speeds = [r["seq_per_s"] for r in rows if r.get("seq_per_s")]
+  with open(os.path.join(workdir, "eval_results.json")) as f:
+    pred_path = json.load(f)["predictions"][split]
+  if pred_path.endswith(".json"):  # SQuAD: {qid: answer text}
+    dev_predictions = json.load(open(pred_path))
+  else:                            # GLUE-style TSV: index, prediction
+    dev_predictions = [l.split("\t")[1] for l in open(pred_path).read().splitlines()[1:]]
   return {"metrics": res[split], "steps": max(r["step"] for r in rows), "wall_s": wall,
+          "losses": [r["loss"] for r in rows if "loss" in r],
+          "dev_predictions": dev_predictions,
           "train_seq_per_s": sum(speeds) / len(speeds) if speeds else None,
           "command": " ".join(cmd)}
 
@@ -296,6 +331,9 @@ def main(argv=None) -> int:
   p.add_argument("--n-best", type=int, default=20)
   p.add_argument("--max-answer-length", type=int, default=30)
   p.add_argument("--threads", type=int, default=0, help="peer torch threads (0 = default)")
+  p.add_argument("--deterministic", action="store_true",
+                 help="both sides without dropout and with a zero-initialised head: no random "
+                      "draw left, so the two runs differ only by arithmetic")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                  help="ours: compute dtype (model.dtype; params stay f32); the peer runs fp32")
   args = p.parse_args(argv)
@@ -320,6 +358,13 @@ def main(argv=None) -> int:
       record = dict(json.load(open(path)), ours=record["ours"])
       record["peer"]["process_s"] = process_s
       record["ours"]["process_s"] = record["ours"]["wall_s"]
+  if "dev_predictions" in record.get("ours", {}) and "dev_predictions" in record.get("peer", {}):
+    a, b = record["ours"]["dev_predictions"], record["peer"]["dev_predictions"]
+    if isinstance(a, dict):  # SQuAD: by question id
+      a, b = [a.get(k) for k in b], list(b.values())
+    if len(a) == len(b):
+      record["dev_prediction_agreement"] = sum(x == y for x, y in zip(a, b)) / len(a)
+      print(f"dev predictions identical on both sides: {100 * record['dev_prediction_agreement']:.2f}%")
   json.dump(record, open(path, "w"), indent=1)
   for side in ("ours", "peer"):
     if side in record:

@@ -224,3 +224,41 @@ def featurize_iter(job):
   from bertjax.tasks import featurize
   return featurize.BatchIterator({k: job.train_features[k] for k in ("input_ids", "segment_ids",
                                                                      "input_mask", "label")}, 16)
+
+
+def test_init_checkpoint_sets_architecture_and_dropout_unless_overridden(monkeypatch):
+  from bertjax import bundle
+  from bertjax.config import model_config
+  ckpt = model_config("tiny")
+  ckpt.hidden_dropout_prob, ckpt.attention_probs_dropout_prob = 0.3, 0.2
+  monkeypatch.setattr(bundle, "load_encoder", lambda path: ({"bert": {}}, ckpt, "vocab.txt", True))
+  cfg = finetune.default_config()
+  cfg.finetune.init = "ckpt"
+  finetune.load_init(cfg)
+  assert (cfg.model.hidden_size, cfg.model.num_hidden_layers) == (128, 2)
+  assert (cfg.model.hidden_dropout_prob, cfg.model.attention_probs_dropout_prob) == (0.3, 0.2)
+  # A dropout the user sets (--config.model.hidden_dropout_prob=0) is a fine-tuning choice and
+  # wins over the checkpoint's; the architecture still comes from the checkpoint.
+  cfg = finetune.default_config()
+  cfg.finetune.init = "ckpt"
+  cfg.model.hidden_dropout_prob = 0.0
+  cfg.model.hidden_size = 999
+  finetune.load_init(cfg)
+  assert (cfg.model.hidden_dropout_prob, cfg.model.attention_probs_dropout_prob) == (0.0, 0.2)
+  assert cfg.model.hidden_size == 128
+
+
+@pytest.mark.parametrize("zero", [False, True])
+def test_head_zeroinit(tmp_path, zero):
+  rng = np.random.default_rng(0)
+  data = tmp_path / "data"
+  data.mkdir()
+  for split in ("train", "dev"):
+    body = [f"{t}\t{y}" for t, y in _sentences(rng, 16)]
+    (data / f"{split}.tsv").write_text("\n".join(["text\tlabel"] + body) + "\n")
+  cfg = tiny_cfg(tmp_path, "tsv", data, head_zeroinit=zero)
+  job = finetune.build(cfg)
+  params = job.task.init_params(jax.random.PRNGKey(0), next(job.task.train_iter))
+  head = jax.tree_util.tree_leaves(params["classifier"])
+  assert all(np.all(np.asarray(x) == 0) for x in head) == zero
+  assert np.any(np.asarray(params["bert"]["layer_0"]["intermediate"]["kernel"]) != 0)

@@ -37,6 +37,9 @@ ARCH_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_
                "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
                "initializer_range", "layer_norm_eps", "hidden_dropout_prob",
                "attention_probs_dropout_prob")
+# Of those, fine-tuning hyper-parameters: the checkpoint's value unless the config sets another
+# (e.g. --config.model.hidden_dropout_prob=0.2), as transformers' from_pretrained(..., kwargs).
+TUNABLE_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 # Keys of a batch the model and loss read; the rest of a feature set is host-side metadata.
 INPUTS = ("input_ids", "segment_ids", "input_mask")
@@ -54,8 +57,12 @@ def load_init(cfg) -> tuple[Optional[dict], str, bool]:
     return None, cfg.data.tokenizer, cfg.data.do_lower_case
   from bertjax import bundle
   params, model_cfg, tok_path, lower = bundle.load_encoder(f.init)
+  from bertjax.config import model_config
+  defaults = model_config()
   with cfg.model.unlocked():
     for k in ARCH_FIELDS:
+      if k in TUNABLE_FIELDS and cfg.model[k] != defaults[k]:
+        continue  # set by the user: an override, not the checkpoint's
       if k in model_cfg:
         cfg.model[k] = model_cfg[k]
   encoder = params["bert"] if "bert" in params else params
@@ -371,8 +378,12 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
                                process_count=jax.process_count())
 
   def init_params(rng, example):
-    return model.init({"params": rng, "dropout": rng}, example["input_ids"],
-                      example["segment_ids"], example["input_mask"])["params"]
+    params = model.init({"params": rng, "dropout": rng}, example["input_ids"],
+                        example["segment_ids"], example["input_mask"])["params"]
+    if f.head_zeroinit:  # every subtree but the encoder is the task head
+      params = {k: v if k == "bert" else jax.tree_util.tree_map(jnp.zeros_like, v)
+                for k, v in params.items()}
+    return params
 
   load = None
   if encoder_params is not None:
