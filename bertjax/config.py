@@ -146,6 +146,8 @@ def base_config() -> ml_collections.ConfigDict:
   f.freeze = "none"                     # none | encoder (linear probe: only the head trains) |
                                         #   embeddings (and the first freeze_layers layers)
   f.freeze_layers = 0                   # with freeze=embeddings: also freeze layers 0..k-1
+  f.pooling = "pooler"                  # sentence(-pair) heads read: pooler (BERT's tanh(W h_CLS +
+                                        #   b)) | cls (h_CLS) | mean (mean over the tokens)
   f.head_zeroinit = False               # the task head starts at zero (big_vision's head_zeroinit)
                                         #   instead of BERT's truncated normal: no random draw
   f.write_predictions = True            # write dev predictions (and test: predict_test) at the end

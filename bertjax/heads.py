@@ -3,6 +3,9 @@
 Shapes: B = batch, S = sequence, H = hidden, C = labels. As in Hugging Face's BertFor* classes
 (so imported checkpoints fine-tune the same way):
   classification: dropout(pooled [B, H]) -> Dense(C)          -> logits [B, C]
+                  pooled = BERT's pooler tanh(W h_CLS + b) (pooling="pooler", the default),
+                  h_CLS ("cls") or the mean of the last layer over the example's tokens ("mean",
+                  as sentence-transformers; [CLS] and [SEP] included)
   regression:     dropout(pooled [B, H]) -> Dense(1)          -> scores [B]
   tagging:        dropout(sequence [B, S, H]) -> Dense(C)     -> logits [B, S, C]
   span (QA):      sequence [B, S, H] -> Dense(2)              -> start, end logits [B, S] each
@@ -21,6 +24,19 @@ import jax.numpy as jnp
 from bertjax.model import BertEncoder, Dense
 
 Array = jax.Array
+POOLINGS = ("pooler", "cls", "mean")
+
+
+def pool(seq: Array, pooler: Array, input_mask: Array, pooling: str) -> Array:
+  """The vector a sentence-level head reads: [B, S, H], [B, H], [B, S] -> [B, H] float32."""
+  if pooling == "pooler":
+    return pooler
+  if pooling == "cls":
+    return seq[:, 0].astype(jnp.float32)
+  if pooling == "mean":
+    m = input_mask[..., None].astype(jnp.float32)                        # [B, S, 1]
+    return (seq.astype(jnp.float32) * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+  raise ValueError(f"unknown pooling {pooling!r}")
 
 
 class ClassificationHead(nn.Module):
@@ -61,6 +77,7 @@ class FineTuneModel(nn.Module):
   config: Any
   family: str        # classification | regression | tagging | span
   num_labels: int = 2
+  pooling: str = "pooler"   # classification / regression input: pooler | cls | mean
 
   @nn.compact
   def __call__(self, input_ids: Array, segment_ids: Array, input_mask: Array,
@@ -68,6 +85,8 @@ class FineTuneModel(nn.Module):
     c = self.config
     seq, pooled = BertEncoder(c, name="bert")(input_ids, segment_ids, input_mask,
                                               deterministic)              # [B, S, H], [B, H]
+    if self.family in ("classification", "regression"):
+      pooled = pool(seq, pooled, input_mask, self.pooling)                             # [B, H]
     if self.family == "classification":
       return ClassificationHead(self.num_labels, c, name="classifier")(pooled, deterministic)
     if self.family == "regression":

@@ -262,3 +262,34 @@ def test_head_zeroinit(tmp_path, zero):
   head = jax.tree_util.tree_leaves(params["classifier"])
   assert all(np.all(np.asarray(x) == 0) for x in head) == zero
   assert np.any(np.asarray(params["bert"]["layer_0"]["intermediate"]["kernel"]) != 0)
+
+
+def test_pooling_choices_feed_the_head_what_they_name(tmp_path):
+  """pooler / cls / mean: the head's logits equal Dense(the named vector), worked by hand."""
+  from bertjax.heads import FineTuneModel
+  from bertjax.model import BertEncoder
+  cfg = tiny_cfg(tmp_path, "tsv", tmp_path)
+  ids = np.array([[2, 5, 6, 3, 0, 0], [2, 7, 3, 0, 0, 0]], np.int32)        # [B=2, S=6]
+  mask = (ids != 0).astype(np.int32)
+  seg = np.zeros_like(ids)
+  model = FineTuneModel(cfg.model, "classification", 3, "pooler")
+  params = model.init(jax.random.PRNGKey(0), ids, seg, mask)["params"]
+  seq, pooler = BertEncoder(cfg.model).apply({"params": params["bert"]}, ids, seg, mask)
+  seq = np.asarray(seq, np.float32)
+  k = np.asarray(params["classifier"]["dense"]["kernel"])
+  b = np.asarray(params["classifier"]["dense"]["bias"])
+  expect = {"pooler": np.asarray(pooler),
+            "cls": seq[:, 0],
+            "mean": np.stack([seq[0, :4].mean(0), seq[1, :3].mean(0)])}    # padding excluded
+  for pooling, vec in expect.items():
+    got = FineTuneModel(cfg.model, "classification", 3, pooling).apply(
+        {"params": params}, ids, seg, mask)
+    np.testing.assert_allclose(np.asarray(got), vec @ k + b, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(expect["mean"], expect["cls"])
+
+
+def test_unknown_pooling_is_a_user_error(tmp_path):
+  (tmp_path / "train.tsv").write_text("text\tlabel\ngood\t1\n")
+  cfg = tiny_cfg(tmp_path, "tsv", tmp_path, pooling="avg")
+  with pytest.raises(UserError, match="finetune.pooling='avg'"):
+    finetune.build(cfg)

@@ -27,7 +27,7 @@ import optax
 
 from bertjax import sharding as shd
 from bertjax.errors import UserError
-from bertjax.heads import FineTuneModel
+from bertjax.heads import POOLINGS, FineTuneModel
 from bertjax.tasks import conll, featurize, glue, registry, squad
 from bertjax.train.task import TrainTask
 
@@ -323,6 +323,8 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
     spec = dataclasses.replace(spec, family="regression",
                                metrics=registry.get("stsb").metrics, primary_metric="pearson")
   frozen = freeze_predicate(f.freeze, f.freeze_layers)
+  if f.pooling not in POOLINGS:
+    raise UserError(f"--config.finetune.pooling={f.pooling!r}: use one of {', '.join(POOLINGS)}")
 
   encoder_params, tok_path, lower = load_init(cfg)
   tok = tokenizer or load_tokenizer(tok_path, lower)
@@ -372,7 +374,7 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
       cfg.optim.warmup_steps = int(f.warmup_proportion * num_steps)
     t.eval_every = f.eval_every or steps_per_epoch
 
-  model = FineTuneModel(cfg.model, spec.family, len(labels) if labels else 1)
+  model = FineTuneModel(cfg.model, spec.family, len(labels) if labels else 1, f.pooling)
   it = featurize.BatchIterator(train_arrays, batch, seed=t.seed,
                                process_index=jax.process_index(),
                                process_count=jax.process_count())
