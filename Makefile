@@ -24,11 +24,16 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# Two pytest workers (pytest-xdist), each test file on one worker so its module fixtures are
+# built once; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(TEST_ENV) $(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # Main job: pretrain a small BERT on the bundled corpus (see configs/pretrain_demo.py).
 pretrain: $(STAMP)
