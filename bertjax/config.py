@@ -50,7 +50,10 @@ def model_config(size: str = "mini", vocab_size: int = 30522,
   c.dtype = "float32"                        # compute dtype: float32 | bfloat16 (params stay f32)
   c.fused_qkv = False                        # one [H, 3H] matmul instead of three (same function)
   c.remat = False                            # recompute layer activations in the backward pass
-  c.attention_impl = "xla"                   # xla | cudnn (jax.nn.dot_product_attention)
+  # auto: jax.nn.dot_product_attention (cuDNN on GPU, XLA elsewhere) whenever attention dropout
+  # is inactive, the explicit einsum path (with dropout) otherwise | einsum: always the explicit
+  # path | cudnn: force cuDNN's fused kernel where the fused call is used (GPU only)
+  c.attention_impl = "auto"
   return c
 
 
@@ -249,6 +252,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
                     f"model.num_attention_heads={m.num_attention_heads}; pick sizes that divide")
   if m.dtype not in ("float32", "bfloat16"):
     raise UserError(f"model.dtype={m.dtype!r}: use float32 or bfloat16")
+  if m.attention_impl not in ("auto", "einsum", "cudnn", "xla"):  # xla: older name of einsum
+    raise UserError(f"model.attention_impl={m.attention_impl!r}: use auto, einsum or cudnn")
   if m.hidden_act != "gelu":
     raise UserError(f"model.hidden_act={m.hidden_act!r}: bertjax implements BERT's exact GELU only; "
                     "use gelu")

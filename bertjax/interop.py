@@ -186,10 +186,10 @@ def _unflatten(flat: dict) -> dict:
 def param_shapes(model_cfg) -> dict[tuple[str, ...], tuple[int, ...]]:
   """Flat {path: shape} of BertForPreTraining params for this config (no arrays allocated)."""
   from bertjax.model import BertForPreTraining  # noqa: PLC0415 (keeps import light)
-  # Shapes do not depend on how the model computes: trace the plain f32 / XLA variant (a
+  # Shapes do not depend on how the model computes: trace the plain f32 / einsum variant (a
   # config saved for cudnn attention must still convert on a CPU-only machine).
   model_cfg = ml_collections.ConfigDict(model_cfg.to_dict())
-  model_cfg.update(dtype="float32", attention_impl="xla", remat=False, fused_qkv=False)
+  model_cfg.update(dtype="float32", attention_impl="einsum", remat=False, fused_qkv=False)
   ids = jnp.zeros((1, 2), jnp.int32)
   tree = jax.eval_shape(lambda: BertForPreTraining(model_cfg).init(
       jax.random.PRNGKey(0), ids, ids, ids, None))["params"]

@@ -236,18 +236,49 @@ class Embeddings(nn.Module):
   config: Any
 
   @nn.compact
-  def __call__(self, input_ids: Array, segment_ids: Array, deterministic: bool) -> Array:
+  def __call__(self, input_ids: Array, segment_ids: Array, deterministic: bool,
+               position_ids: Array | None = None) -> Array:
     c = self.config
     init = weight_init(c)
     word = self.param("word_embeddings", init, (c.vocab_size, c.hidden_size))         # [V, H]
     pos = self.param("position_embeddings", init, (c.max_position_embeddings, c.hidden_size))
     seg = self.param("token_type_embeddings", init, (c.type_vocab_size, c.hidden_size))
     s = input_ids.shape[1]
-    x = bias_add(jnp.take(word, input_ids, axis=0)     # [B, S, H]
-                 + jnp.take(seg, segment_ids, axis=0),
-                 pos[:s])                              # [S, H], broadcast over B
+    x = jnp.take(word, input_ids, axis=0) + jnp.take(seg, segment_ids, axis=0)  # [B, S, H]
+    if position_ids is None:
+      x = bias_add(x, pos[:s])                         # [S, H], broadcast over B
+    else:
+      # Packed rows: positions restart at 0 for each example ([B, S] ids into the table).
+      x = x + jnp.take(pos, position_ids, axis=0)      # [B, S, H]
     x = LayerNorm(c, name="LayerNorm")(x)
     return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+def attention_mask(input_mask: Array) -> Array:
+  """[B, S] int -> [B, S, S] bool: may query q attend to key k.
+
+  input_mask: 0 = padding; any other value names the example (document) a token belongs to, so a
+  0/1 mask is BERT's padding mask and a packed row carries 1, 2, 3 ... per example. A real token
+  attends to the keys of its own example only (block-diagonal attention). A padding query
+  attends to every real key, as in BERT and transformers, so a 0/1 mask gives exactly BERT's
+  outputs at every position, padding included.
+  """
+  q = input_mask[:, :, None]                                                  # [B, S, 1]
+  k = input_mask[:, None, :]                                                  # [B, 1, S]
+  return (k > 0) & ((q == k) | (q == 0))                                      # [B, S, S]
+
+
+def use_fused_attention(config, deterministic: bool) -> bool:
+  """jax.nn.dot_product_attention (no dropout) or the explicit einsum path with dropout.
+
+  attention_impl: auto = the fused call whenever attention dropout is inactive (evaluation, or
+  attention_probs_dropout_prob = 0 as in cramming-style pretraining); einsum (also the older
+  name xla) = always the explicit path; cudnn = the fused call forced onto cuDNN (GPU only),
+  used when attention dropout is inactive.
+  """
+  if config.attention_impl in ("einsum", "xla"):
+    return False
+  return deterministic or config.attention_probs_dropout_prob == 0.0
 
 
 class SelfAttention(nn.Module):
@@ -255,6 +286,7 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+    """x [B, S, H]; mask [B, S, S] bool from `attention_mask` (True: query q may read key k)."""
     c = self.config
     dtype = dtype_of(c)
     b, s, h = x.shape
@@ -276,13 +308,17 @@ class SelfAttention(nn.Module):
     k = k.reshape(b, s, n, d)
     v = v.reshape(b, s, n, d)
 
-    if c.attention_impl == "cudnn" and deterministic:
-      ctx = jax.nn.dot_product_attention(
-          q, k, v, mask=mask[:, None, None, :].astype(bool), implementation="cudnn")  # [B, S, N, D]
+    if use_fused_attention(c, deterministic):
+      # jax.nn.dot_product_attention: cuDNN's fused kernel on GPU when it supports the shapes
+      # ("auto"), XLA's softmax(QK^T)V elsewhere. It has no dropout, hence only when attention
+      # dropout is inactive.
+      impl = "cudnn" if c.attention_impl == "cudnn" else None
+      ctx = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=impl)
+      ctx = ctx.astype(dtype)                                                 # [B, S, N, D]
     else:
       scores = matmul("bqnd,bknd->bnqk", q, k, c) / jnp.sqrt(d).astype(jnp.float32)
-      # [B, N, S, S]; padded keys get a large negative score (0 probability after softmax).
-      scores = jnp.where(mask[:, None, None, :] > 0, scores, jnp.finfo(jnp.float32).min)
+      # [B, N, S, S]; masked keys get a large negative score (0 probability after softmax).
+      scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(scores, axis=-1).astype(dtype)                   # [B, N, S, S]
       probs = Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
       ctx = matmul("bnqk,bknd->bqnd", probs, v, c).astype(dtype)             # [B, S, N, D]
@@ -312,17 +348,22 @@ class BertEncoder(nn.Module):
   @nn.compact
   def __call__(self, input_ids: Array, segment_ids: Array | None = None,
                input_mask: Array | None = None, deterministic: bool = True,
-               output_hidden_states: bool = False):
+               output_hidden_states: bool = False, position_ids: Array | None = None):
+    """input_mask [B, S]: 0 = padding, else the example each token belongs to (see
+    `attention_mask`); position_ids [B, S] (None = 0..S-1 in every row; packed rows restart
+    them per example)."""
     c = self.config
     if segment_ids is None:
       segment_ids = jnp.zeros_like(input_ids)
     if input_mask is None:
       input_mask = jnp.ones_like(input_ids)
-    x = Embeddings(c, name="embeddings")(input_ids, segment_ids, deterministic)  # [B, S, H]
+    x = Embeddings(c, name="embeddings")(input_ids, segment_ids, deterministic,
+                                         position_ids)                       # [B, S, H]
+    mask = attention_mask(input_mask)                                         # [B, S, S]
     layer_cls = nn.remat(TransformerLayer, static_argnums=(3,)) if c.remat else TransformerLayer
     hidden = [x]
     for i in range(c.num_hidden_layers):
-      x = layer_cls(c, name=f"layer_{i}")(x, input_mask, deterministic)
+      x = layer_cls(c, name=f"layer_{i}")(x, mask, deterministic)
       hidden.append(x)
     pooled = jnp.tanh(Dense(c.hidden_size, c, name="pooler")(x[:, 0]).astype(jnp.float32))  # [B, H]
     if output_hidden_states:
@@ -342,11 +383,13 @@ class BertForPreTraining(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: Array, segment_ids: Array, input_mask: Array,
-               masked_lm_positions: Array | None, deterministic: bool = True):
+               masked_lm_positions: Array | None, deterministic: bool = True,
+               position_ids: Array | None = None):
     c = self.config
     dtype = dtype_of(c)
     encoder = BertEncoder(c, name="bert")
-    seq, pooled = encoder(input_ids, segment_ids, input_mask, deterministic)   # [B,S,H], [B,H]
+    seq, pooled = encoder(input_ids, segment_ids, input_mask, deterministic,
+                          position_ids=position_ids)                           # [B,S,H], [B,H]
     if masked_lm_positions is not None:
       seq = jnp.take_along_axis(seq, masked_lm_positions[..., None], axis=1)  # [B, P, H]
     t = gelu(Dense(c.hidden_size, c, name="mlm_transform")(seq))             # [B, P, H]

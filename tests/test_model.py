@@ -148,3 +148,58 @@ def test_parameter_counts(size, exact, published):
   h, v = cfg.hidden_size, cfg.vocab_size
   heads = (h * h + h) + 2 * h + v + (2 * h + 2)
   assert count_params(BertForPreTraining(cfg), ids, ids, ids, None) == exact + heads
+
+
+@pytest.mark.parametrize("impl", ["einsum", "auto"])
+def test_packed_row_equals_each_example_alone(params, impl):
+  """Two examples packed into one row (mask 1.. / 2.., positions restarting per example) give
+  each example's outputs run alone: attention never crosses the example boundary."""
+  cfg = small_cfg(attention_impl=impl)
+  enc = BertEncoder(cfg)
+  rng = np.random.default_rng(1)
+  a, b = rng.integers(5, 97, size=5), rng.integers(5, 97, size=7)
+  packed = np.zeros((1, S), np.int32)
+  packed[0, :5], packed[0, 5:12] = a, b
+  mask = np.array([[1] * 5 + [2] * 7 + [0] * (S - 12)], np.int32)           # [1, S]
+  positions = np.array([list(range(5)) + list(range(7)) + list(range(S - 12))], np.int32)
+  seg = np.zeros_like(packed)
+  seq_p, _ = enc.apply({"params": params["bert"]}, packed, seg, mask, position_ids=positions)
+  for ids, start in ((a, 0), (b, 5)):
+    alone = np.zeros((1, S), np.int32)
+    alone[0, :len(ids)] = ids
+    m = (np.arange(S) < len(ids)).astype(np.int32)[None]
+    seq_a, _ = enc.apply({"params": params["bert"]}, alone, seg, m)
+    np.testing.assert_allclose(seq_p[0, start:start + len(ids)], seq_a[0, :len(ids)],
+                               atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype,atol", [("float32", 2e-5), ("bfloat16", 3e-2)])
+def test_fused_attention_equals_einsum_path(params, batch, dtype, atol):
+  """jax.nn.dot_product_attention (attention_impl=auto, attention dropout off) computes what
+  the explicit einsum path computes, outputs and gradients, padding included."""
+  outs = {}
+  for impl in ("einsum", "auto"):
+    cfg = small_cfg(attention_impl=impl, dtype=dtype, attention_probs_dropout_prob=0.0,
+                    hidden_dropout_prob=0.0)
+
+    def loss(p, cfg=cfg):
+      mlm, nsp = run_pretraining(cfg, p, batch, batch["pos"])
+      return jnp.sum(mlm ** 2) * 1e-3 + jnp.sum(nsp)
+
+    outs[impl] = (run_pretraining(cfg, params, batch, batch["pos"]),
+                  jax.grad(loss)(params))
+  (mlm_e, nsp_e), g_e = outs["einsum"]
+  (mlm_a, nsp_a), g_a = outs["auto"]
+  np.testing.assert_allclose(mlm_a, mlm_e, atol=atol, rtol=0)
+  np.testing.assert_allclose(nsp_a, nsp_e, atol=atol, rtol=0)
+  for x, y in zip(jax.tree.leaves(g_a), jax.tree.leaves(g_e)):
+    np.testing.assert_allclose(x, y, atol=atol * 10, rtol=atol * 10)
+
+
+def test_auto_attention_uses_fused_call_only_without_attention_dropout():
+  from bertjax.model import use_fused_attention
+  assert use_fused_attention(small_cfg(attention_impl="auto"), deterministic=True)
+  assert not use_fused_attention(small_cfg(attention_impl="auto"), deterministic=False)
+  assert use_fused_attention(small_cfg(attention_impl="auto", attention_probs_dropout_prob=0.0),
+                             deterministic=False)
+  assert not use_fused_attention(small_cfg(attention_impl="einsum"), deterministic=True)
