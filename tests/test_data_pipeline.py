@@ -24,7 +24,7 @@ def _prepare(tmp_path_factory, name, corpus_glob, tokenizer, **kw):
     d[k] = v
   out = str(tmp_path_factory.mktemp(name))
   with warnings.catch_warnings():
-    warnings.simplefilter("ignore")   # the bundled Latin-1 files warn by design
+    warnings.simplefilter("ignore")   # the shared corpus has Latin-1 files; they warn by design
     prepare_corpus(d, out)
   return out
 

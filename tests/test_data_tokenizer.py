@@ -26,7 +26,7 @@ def real_sentences(n=1500):
   """Sentences from the bundled corpus (real text: Gutenberg, addresses, BERT's sample)."""
   out = []
   with warnings.catch_warnings():
-    warnings.simplefilter("ignore")   # a few bundled files are Latin-1 by design
+    warnings.simplefilter("ignore")
     for path in sorted(glob.glob(os.path.join(REPO, "data", "corpus", "*.txt")))[::6]:
       for doc in corpus.read_documents(path):
         out += doc[:60]
