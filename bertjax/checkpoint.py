@@ -346,7 +346,12 @@ class Checkpointer:
     )
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": DataStateHandler(),
                 "meta": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
+    mngr = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
+    # Orbax cleans stale tmp directories on a background thread and only joins it in `save`;
+    # a run refused before its first save would exit with the thread alive, and its shutdown
+    # traceback would print under the one-line error. Join it now (a directory listing).
+    getattr(mngr, "_maybe_await_cleanup_tmp_directory", lambda: None)()
+    return mngr
 
   def _copy_tokenizer(self, path: str, identity: dict) -> list[str]:
     """Copy the tokenizer files into WORKDIR/tokenizer/<hash>/ once; return relative paths."""
