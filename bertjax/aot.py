@@ -194,7 +194,8 @@ def finetune_steps(cfg, mesh) -> list:
   }[fam])
   step, state, abatch = _train_step(task, cfg, mesh, batch)
   # Encoder FLOPs (the formula without MLM predictions); the task head is a few H x C matmuls.
-  return [(f"finetune {spec.name} (S={s})", step, state, abatch,
+  frozen = "" if f.freeze == "none" else f", freeze={f.freeze}: the formula counts a full backward"
+  return [(f"finetune {spec.name} (S={s}{frozen})", step, state, abatch,
            mlib.bert_pretraining_flops(cfg.model, b, s, 0))]
 
 

@@ -12,6 +12,8 @@ Peaks are the vendors' dense bf16 figures per chip (no sparsity); HBM is per chi
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 from typing import Optional
 
 from bertjax.errors import UserError
@@ -78,6 +80,10 @@ def devices(target: Target) -> list:
     except ImportError:
       raise UserError(f"target {target.name} needs libtpu to compile: pip install "
                       f"'libtpu==0.0.42.*' (the version jax[tpu]==0.10.2 pins)") from None
+    if not glob.glob("/dev/accel*") and not os.path.exists("/dev/vfio"):
+      # No TPU here to guard: let several compiles (and a test run) load libtpu at once
+      # instead of failing on its one-process lockfile.
+      os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
     desc = topologies.get_topology_desc(
         platform="tpu", topology_name=target.topology, chip_config_name=target.chip_config,
