@@ -63,8 +63,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = model_config("mini")
 
   c.data = d = ml_collections.ConfigDict()
-  d.corpus = "data/corpus/*.txt"        # glob(s) of text files, comma-separated, or tfds:NAME
+  d.corpus = "data/corpus/*.txt"        # comma-separated globs of text or record files | tfds:NAME
   d.corpus_format = "auto"              # auto | bert (sentence per line) | prose | tfds
+  # Record files (.jsonl/.json[.gz|.zst], .parquet, .arrow, a datasets save_to_disk folder): one
+  # document per record, its text read with corpus_format like a .txt file's text.
+  d.text_field = "text"                 # record field / column holding the document text
+  d.id_field = ""                       # optional field / column of a document id ("" = none)
   d.tfds_data_dir = ""                  # TFDS data_dir for tfds: corpora
   d.tfds_text_field = "text"            # feature holding the document text
   d.tokenizer = "data/tokenizer/spm.model"  # SentencePiece .model or WordPiece vocab.txt
