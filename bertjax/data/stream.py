@@ -29,6 +29,8 @@ _worker_tok = None    # per worker process: the tokenizer
 
 def _init_worker(tok_path: str, lower: bool):
   global _worker_tok
+  # the workers are the parallelism: `tokenizers` threads inside each would only contend
+  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   _worker_tok = load_tokenizer(tok_path, lower)
 
 
