@@ -215,3 +215,24 @@ def test_tokenizer_training_reads_records(tmp_path):
   from_txt = [d for name in sorted(FILES)
               for d in corpus.read_documents(os.path.join(CORPUS, name))]
   assert from_records == from_txt and len(from_txt) > 10
+
+
+def test_cli_prepare_parquet_with_fields(tmp_path, capsys):
+  """`bertjax prepare` with --config.data.text_field / id_field on a Parquet corpus; a wrong
+  field is exit 2 with one line naming the column and the fields there are."""
+  from bertjax.cli import main
+  recs = [{"doc": r["id"], "body": r["text"]} for r in rows()[:3]]
+  glob = write_format(str(tmp_path / "in"), "parquet", recs)
+  cfg_file = tmp_path / "cfg.py"
+  cfg_file.write_text("from bertjax.config import base_config\n"
+                      "def get_config():\n  return base_config()\n")
+  args = ["prepare", "--config", str(cfg_file), "--config.data.heldout_fraction=0.0",
+          f"--config.data.tokenizer={SPM}", f"--config.data.corpus={glob}"]
+  rc = main(args + ["--out", str(tmp_path / "p"), "--config.data.text_field=body",
+                    "--config.data.id_field=doc"])
+  assert rc == 0 and "3 records" in capsys.readouterr().out
+  ids = [json.loads(x) for x in (tmp_path / "p" / "train-docids.jsonl").read_text().split()]
+  assert ids == ["bert_sample_text.txt"] * 3 + [r["doc"] for r in recs[1:]]
+  rc = main(args + ["--out", str(tmp_path / "q")])
+  err = capsys.readouterr().err
+  assert rc == 2 and "no column 'text' (columns: ['doc', 'body']); set data.text_field" in err

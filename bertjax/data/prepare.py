@@ -78,7 +78,8 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
     raise UserError(f"data.heldout_fraction={data_cfg.heldout_fraction}: use a value in [0, 1)")
   stats = corpus.ReadStats()
   tasks, inputs = _tasks(data_cfg, stats)
-  id_field = data_cfg.id_field if not data_cfg.corpus.strip().startswith("tfds:") else ""
+  tfds = data_cfg.corpus.strip().startswith("tfds:") or data_cfg.corpus_format == "tfds"
+  id_field = "" if tfds else data_cfg.id_field
   fingerprint = {"version": FORMAT_VERSION, "inputs": inputs, "tokenizer": tok.identity(),
                  "corpus_format": data_cfg.corpus_format,
                  "heldout_fraction": float(data_cfg.heldout_fraction), "seed": int(data_cfg.seed)}
@@ -204,8 +205,10 @@ def format_summary(manifest: dict) -> str:
   lines = [f"{name}: {sp['documents']} documents, {sp['pieces']} pieces, {sp['sentences']} "
            f"sentences, {sp['tokens']} tokens, {len(sp['shards'])} shards"
            for name, sp in manifest["splits"].items()]
-  lines.append(f"read {s['files']} files (formats {s['formats']}); skipped: {s['empty_files']} "
-               f"empty files, {s['empty_documents']} empty documents, {s['empty_sentences']} "
+  records = f", {s['records']} records" if s.get("records") else ""
+  lines.append(f"read {s['files']} files{records} (formats {s['formats']}); skipped: "
+               f"{s['empty_files']} empty files, {s['empty_documents']} empty documents, "
+               f"{s['empty_sentences']} "
                f"empty sentences; {s['one_sentence_documents']} one-sentence documents (NotNext "
                f"only); {s['long_sentences_split']} sentences over {shards.MAX_SENTENCE_TOKENS} "
                f"tokens cut; {len(s['latin1_files'])} files decoded as Latin-1")
