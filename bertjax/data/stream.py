@@ -126,7 +126,8 @@ def pack(docs: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def unpack(tokens: np.ndarray, lens: np.ndarray, counts: np.ndarray) -> list[list[np.ndarray]]:
-  sents = np.split(tokens, np.cumsum(lens)[:-1]) if len(lens) else []  # views, no copies
+  ends = np.cumsum(lens).tolist()
+  sents = [tokens[a:b] for a, b in zip([0] + ends[:-1], ends)]   # views, no copies
   ends = np.cumsum(counts)
   return [sents[a:b] for a, b in zip((ends - counts).tolist(), ends.tolist())]
 
