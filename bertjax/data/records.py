@@ -129,6 +129,8 @@ def _jsonl_chunks(path: str, chunk_bytes: int) -> Iterator[tuple]:
   while True:
     try:
       block = next(blocks, b"")
+    except UserError:
+      raise
     except Exception as e:  # gzip: OSError/EOFError, zstd: ZstdError; damaged or truncated
       raise UserError(f"{path}: cannot decompress after line {line} ({type(e).__name__}: "
                       f"{e}); the file is damaged or truncated") from None
