@@ -17,6 +17,9 @@ Faults (keys of BERTJAX_FAULTS):
                ignores file permissions, not this limit.
   nan_at_step  s: the training batch of step s (counted from a fresh start) gets NaN
                masked_lm_weights, so that step's loss and gradients are NaN.
+  heldout_error true: reading the held-out split raises RuntimeError (an evaluation that fails).
+  restore_error "MemoryError"|"EIO": every Orbax restore raises MemoryError, or OSError(EIO) as
+               a failing disk or network filesystem does (the files themselves are intact).
   deny_network path: any connect() / DNS lookup of a non-loopback address is appended to
                `path` and refused with OSError.
 """
@@ -196,6 +199,10 @@ def install_faults() -> None:
     _fsize_at_step(*faults["fsize_at_step"])
   if "nan_at_step" in faults:
     _nan_at_step(int(faults["nan_at_step"]))
+  if faults.get("heldout_error"):
+    _heldout_error()
+  if "restore_error" in faults:
+    _restore_error(faults["restore_error"])
 
 
 def _save_delay(where: str, seconds: float, marker: str) -> None:
@@ -220,6 +227,29 @@ def _save_delay(where: str, seconds: float, marker: str) -> None:
       note(step_dir)
       return orig_manifest(step_dir)
     ck.write_manifest = write_manifest
+
+
+def _heldout_error() -> None:
+  from bertjax.data import pipeline
+  orig = pipeline.make_pretrain_iterator
+
+  def make(prepared_dir, split, **kw):
+    if split == "heldout":
+      raise RuntimeError("reliability suite: the held-out split cannot be read")
+    return orig(prepared_dir, split, **kw)
+  pipeline.make_pretrain_iterator = make
+
+
+def _restore_error(kind: str) -> None:
+  import errno
+
+  import orbax.checkpoint as ocp
+
+  def restore(self, *a, **kw):
+    if kind == "MemoryError":
+      raise MemoryError("reliability suite: restore ran out of memory")
+    raise OSError(errno.EIO, "reliability suite: Input/output error")
+  ocp.CheckpointManager.restore = restore
 
 
 def _fsize_at_step(step: int, limit: int) -> None:

@@ -219,6 +219,11 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
     phase2 = lambda: iterator("train", 1, d.seed + 1)
 
     def eval_batches():
+      if manifest["splits"]["heldout"]["pieces"] == 0:  # heldout_fraction=0, or a tiny corpus
+        if pi == 0:
+          print(f"[pretrain] {prepared} has no held-out documents (data.heldout_fraction="
+                f"{d.heldout_fraction}): evaluation skipped", flush=True)
+        return []
       it = iterator("heldout", 0, d.seed + 2)
       out = []
       for _ in range(t.eval_batches):
