@@ -184,6 +184,80 @@ class CorruptCheckpoint(Exception):
   """A checkpoint on disk that cannot be trusted (bad manifest, missing or altered file)."""
 
 
+# Files of a checkpoint that hold JSON (Orbax's metadata, our meta and data items): one that
+# does not parse is evidence of damage, as a failed checksum is.
+_JSON_FILES = {"_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata", MANIFEST}
+
+
+def find_damage(step_dir: str) -> Optional[str]:
+  """Evidence that a checkpoint is damaged, as one sentence, or None when its files pass.
+
+  Evidence is: a manifest entry that is missing, truncated or fails its CRC32; an item
+  directory (state, meta) that is absent; a JSON file that is empty or does not parse. An
+  OSError while looking (EIO, a stale network mount) is *not* evidence: the files may be fine,
+  so the caller leaves the checkpoint where it is.
+  """
+  try:
+    verify_manifest(step_dir)
+  except CorruptCheckpoint as e:
+    return str(e)
+  for item in ("state", os.path.join("meta", "metadata")):
+    if not os.path.exists(os.path.join(step_dir, item)):
+      return f"{os.path.join(step_dir, item)}: missing"
+  for dirpath, _, names in os.walk(step_dir):
+    for n in names:
+      if n in _JSON_FILES or n.endswith(".json"):
+        path = os.path.join(dirpath, n)
+        with open(path, "rb") as f:
+          raw = f.read()
+        try:
+          json.loads(raw)
+        except ValueError as e:
+          return f"{path}: not valid JSON ({e})"
+  return None
+
+
+def _leaf_shapes_saved(step_dir: str) -> dict:
+  """{path tuple: shape} of the array leaves of a checkpoint's state, from Orbax's
+  state/_METADATA (a JSON file: the structure is known without reading any array)."""
+  with open(os.path.join(step_dir, "state", "_METADATA")) as f:
+    tree = json.load(f)["tree_metadata"]
+  out = {}
+  for entry in tree.values():
+    shape = entry["value_metadata"].get("write_shape")
+    if shape is not None:  # None: an empty optax state saved as a placeholder
+      out[tuple(str(k["key"]) for k in entry["key_metadata"])] = tuple(shape)
+  return out
+
+
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _leaf_shapes_abstract(abstract_state) -> dict:
+  return {tuple(_key_name(k) for k in path): tuple(x.shape)
+          for path, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+
+
+def _flat_config(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in (d or {}).items():
+    if isinstance(v, dict):
+      out.update(_flat_config(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+class CheckpointReadError(UserError):
+  """Reading a checkpoint failed for a reason that is not evidence of damage (MemoryError,
+  an I/O error): it is left where it is, and the same command resumes from it once the
+  cause is gone."""
+
+
 class CheckpointWriteError(UserError):
   """The filesystem refused a checkpoint (full disk, quota, permissions). The previous
   checkpoint is intact and is where the next run resumes; the CLI prints this as one line."""
@@ -558,14 +632,70 @@ class Checkpointer:
         return self._restore_step(s, abstract_state, data_iter), s
       except UserError:
         raise
-      except Exception as e:  # unreadable: set it aside and try the one before
+      except Exception as e:
+        # Only evidence moves a checkpoint aside (a failed checksum, a missing item, JSON that
+        # does not parse); any other failure (MemoryError, EIO ...) leaves it in place.
+        damage = str(e) if isinstance(e, CorruptCheckpoint) else self._damage(s)
+        if damage is None:
+          raise CheckpointReadError(
+              f"{self.step_dir(s)}: reading checkpoint step {s} failed ({type(e).__name__}: "
+              f"{str(e)[:200]}); its files pass their checks, so it was left in place; fix "
+              f"the cause (memory, disk, filesystem) and run the same command again") from None
         older = steps[len(steps) - 2 - i] if i + 1 < len(steps) else None
-        log.warning("checkpoint %s is unreadable (%s: %s); %s", self.step_dir(s),
-                    type(e).__name__, str(e)[:300],
+        log.warning("checkpoint %s is damaged (%s); %s", self.step_dir(s), damage[:300],
                     f"falling back to step {older}" if older is not None else "none left")
         self._set_aside(s)
     raise UserError(f"{self.directory}: no readable checkpoint (moved to {CORRUPT_DIR}/); "
                     f"start a new workdir or restore a backup")
+
+  def _damage(self, step: int) -> Optional[str]:
+    """`find_damage` on process 0; every process gets its verdict."""
+    verdict = ""
+    if jax.process_index() == 0:
+      try:
+        verdict = find_damage(self.step_dir(step)) or ""
+      except OSError:  # could not even look: no evidence
+        verdict = ""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      if not int(multihost_utils.broadcast_one_to_all(np.int32(bool(verdict)))):
+        return None
+      return verdict or f"{self.step_dir(step)}: damaged (found by process 0)"
+    return verdict or None
+
+  def check_structure(self, step: int, abstract_state) -> None:
+    """The saved state's leaves (paths and shapes) must be this run's, or a UserError names
+    what differs and the config fields that changed -- before anything is read or moved."""
+    saved = _leaf_shapes_saved(self.step_dir(step))
+    now = _leaf_shapes_abstract(abstract_state)
+    if saved == now:
+      return
+
+    def names(paths):
+      paths = sorted("/".join(p) for p in paths)
+      return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    parts = []
+    if saved.keys() - now.keys():
+      parts.append(f"only in the checkpoint: {names(saved.keys() - now.keys())}")
+    if now.keys() - saved.keys():
+      parts.append(f"only in this run: {names(now.keys() - saved.keys())}")
+    shapes = [p for p in saved.keys() & now.keys() if saved[p] != now[p]]
+    if shapes:
+      p = sorted(shapes)[0]
+      parts.append(f"shapes differ: {'/'.join(p)} {list(saved[p])} vs {list(now[p])}"
+                   + (f" and {len(shapes) - 1} more" if len(shapes) > 1 else ""))
+    old_cfg = _flat_config((self.read_meta(step).get("config") or {}))
+    new_cfg = _flat_config(self.config or {})
+    changed = [f"{k}: checkpoint {old_cfg.get(k, '<absent>')!r}, now {new_cfg.get(k, '<absent>')!r}"
+               for k in sorted(old_cfg.keys() | new_cfg.keys())
+               if k.split(".")[0] in ("model", "optim", "finetune")
+               and old_cfg.get(k, "<absent>") != new_cfg.get(k, "<absent>")]
+    raise UserError(
+        f"{self.step_dir(step)}: the saved train state does not match this run's ("
+        + "; ".join(parts) + ")"
+        + (f"; config changed: {'; '.join(changed)}" if changed else "")
+        + f"; resume with the checkpoint's values, or use a new workdir with --init-from "
+          f"{self.workdir} to start from its weights")
 
   def _verify(self, step: int) -> None:
     """Process 0 reads and checks the files; the others take its verdict (one read, not N)."""
@@ -585,6 +715,7 @@ class Checkpointer:
   def _restore_step(self, step: int, abstract_state, data_iter):
     self._verify(step)
     self.check_compatible(step)
+    self.check_structure(step, abstract_state)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       items["data"] = DataStateRestore()
