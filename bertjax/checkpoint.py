@@ -691,10 +691,9 @@ class Checkpointer:
                if k.split(".")[0] in ("model", "optim", "finetune")
                and old_cfg.get(k, "<absent>") != new_cfg.get(k, "<absent>")]
     raise UserError(
-        f"{self.step_dir(step)}: the saved train state does not match this run's ("
-        + "; ".join(parts) + ")"
-        + (f"; config changed: {'; '.join(changed)}" if changed else "")
-        + f"; resume with the checkpoint's values, or use a new workdir with --init-from "
+        f"{self.step_dir(step)}: the saved train state does not match this run's"
+        + (f" (config changed: {'; '.join(changed)})" if changed else "")
+        + f": {'; '.join(parts)}; resume with the checkpoint's values, or use a new workdir with --init-from "
           f"{self.workdir} to start from its weights")
 
   def _verify(self, step: int) -> None:

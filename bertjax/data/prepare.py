@@ -244,7 +244,28 @@ def _read_manifest(path: str) -> dict:
   if not isinstance(manifest, dict) or "splits" not in manifest:
     raise UserError(f"{path}: not a bertjax manifest (no 'splits'); delete the prepared "
                     "directory and run again")
+  # Valid JSON of the wrong shape (hand-edited, or another tool's): name it here, not as a
+  # KeyError deep in the pipeline.
+  splits = manifest["splits"]
+  problem = None
+  if not isinstance(splits, dict) or not splits:
+    problem = "'splits' is not a mapping of splits"
+  else:
+    for name, sp in splits.items():
+      missing = [k for k in _SPLIT_KEYS if not isinstance(sp, dict) or k not in sp]
+      if missing:
+        problem = f"split {name!r} lacks {', '.join(missing)}"
+        break
+  for key, kind in (("fingerprint", dict), ("special_ids", dict), ("token_dtype", str)):
+    if problem is None and not isinstance(manifest.get(key), kind):
+      problem = f"no valid {key!r}"
+  if problem:
+    raise UserError(f"{path}: damaged manifest ({problem}); delete the prepared directory and "
+                    "run again")
   return manifest
+
+
+_SPLIT_KEYS = ("documents", "pieces", "sentences", "tokens", "shards")
 
 
 def format_summary(manifest: dict) -> str:
