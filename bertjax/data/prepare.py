@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import socket
 import time
 import warnings
 
@@ -143,10 +144,14 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
       return old
   # Written into a staging dir first: an earlier preparation is replaced only once this one
   # has succeeded, so a bad corpus (an error below) leaves a good prepared dir as it was.
+  # Staging dirs are named by host and pid: only this host's, of processes that are gone
+  # (killed runs), are removed; another host's pid means nothing here.
+  host = socket.gethostname()
   for old_stage in glob.glob(os.path.join(out_dir, ".preparing-*")):
-    if not _alive(int(old_stage.rsplit("-", 1)[1])):  # left by a killed run
+    owner, _, pid = os.path.basename(old_stage)[len(".preparing-"):].rpartition("-")
+    if owner == host and pid.isdigit() and not _alive(int(pid)):
       shutil.rmtree(old_stage, ignore_errors=True)
-  stage = os.path.join(out_dir, f".preparing-{os.getpid()}")
+  stage = os.path.join(out_dir, f".preparing-{host}-{os.getpid()}")
   shutil.rmtree(stage, ignore_errors=True)
   os.makedirs(stage)
 

@@ -189,7 +189,7 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
                             for _ in range(t.eval_batches)]
   else:
     from bertjax.data.pipeline import make_pretrain_iterator
-    from bertjax.data.prepare import prepare_corpus
+    from bertjax.data.prepare_hosts import prepare_once
     from bertjax.data.tokenizer import load_tokenizer
     _check_paths(cfg)
     tok = load_tokenizer(d.tokenizer, d.do_lower_case)
@@ -200,7 +200,7 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
       print(f"[pretrain] preparing {d.corpus} -> {prepared} (once; reused on later runs)",
             flush=True)
     t0 = time.time()
-    manifest = prepare_corpus(d, prepared, num_workers=d.num_workers)
+    manifest = prepare_once(d, prepared, num_workers=d.num_workers)  # process 0; others wait
     if pi == 0:
       from bertjax.data.prepare import format_summary
       print("\n".join(f"[pretrain] {line}" for line in format_summary(manifest).splitlines()[:2])
