@@ -217,17 +217,11 @@ def find_damage(step_dir: str) -> Optional[str]:
   return None
 
 
-def _leaf_shapes_saved(step_dir: str) -> dict:
-  """{path tuple: shape} of the array leaves of a checkpoint's state, from Orbax's
-  state/_METADATA (a JSON file: the structure is known without reading any array)."""
-  with open(os.path.join(step_dir, "state", "_METADATA")) as f:
-    tree = json.load(f)["tree_metadata"]
-  out = {}
-  for entry in tree.values():
-    shape = entry["value_metadata"].get("write_shape")
-    if shape is not None:  # None: an empty optax state saved as a placeholder
-      out[tuple(str(k["key"]) for k in entry["key_metadata"])] = tuple(shape)
-  return out
+def _leaf_shapes(tree) -> dict:
+  """{path tuple of names: shape} of the array leaves of a state (abstract or Orbax metadata;
+  tuples and lists give "0", "1" ... as dict keys do)."""
+  return {tuple(_key_name(k) for k in path): tuple(x.shape)
+          for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf_metadata)[0]}
 
 
 def _key_name(k) -> str:
@@ -235,11 +229,6 @@ def _key_name(k) -> str:
     if hasattr(k, attr):
       return str(getattr(k, attr))
   return str(k)
-
-
-def _leaf_shapes_abstract(abstract_state) -> dict:
-  return {tuple(_key_name(k) for k in path): tuple(x.shape)
-          for path, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
 
 
 def _flat_config(d: dict, prefix: str = "") -> dict:
@@ -268,6 +257,7 @@ class CheckpointWriteError(UserError):
 @dataclasses.dataclass
 class DataStateSave(ocp.args.CheckpointArgs):
   state: Any  # JSON-able (dict from grain DatasetIterator) or bytes (grain DataLoaderIterator)
+  global_position: bool = False  # the same state on every process, valid for any process count
 
 
 @dataclasses.dataclass
@@ -279,7 +269,9 @@ class DataStateHandler(ocp.CheckpointHandler):
   """Every process writes its own iterator state: process_<i>-of-<n>.json (as grain's handler).
 
   The state is captured by `Checkpointer.save` at call time, so the background write can never
-  see a later position of the iterator.
+  see a later position of the iterator. An iterator whose position is global (the same on
+  every process: bertjax's pretraining pipeline counts examples of the global stream) says so
+  with `global_position = True`; its state then restores on any number of processes.
   """
 
   def save(self, directory, args: DataStateSave):
@@ -288,6 +280,7 @@ class DataStateHandler(ocp.CheckpointHandler):
       payload = {"kind": "bytes", "state": bytes(state).decode()}
     else:
       payload = {"kind": "json", "state": state}
+    payload["global"] = bool(args.global_position)
     i, n = jax.process_index(), jax.process_count()
     path = directory / f"process_{i}-of-{n}.json"
     path.write_text(json.dumps(payload))
@@ -296,16 +289,18 @@ class DataStateHandler(ocp.CheckpointHandler):
     i, n = jax.process_index(), jax.process_count()
     path = directory / f"process_{i}-of-{n}.json"
     if not path.exists():
-      saved = sorted(p.name for p in directory.iterdir() if p.name.startswith("process_"))
+      saved = sorted(p for p in directory.iterdir() if p.name.startswith("process_"))
+      payloads = [json.loads(p.read_text()) for p in saved]
+      # Another process count: a global position (identical on every saving process) is
+      # valid for this run too; a per-process one cannot be split or merged.
+      if payloads and all(p.get("global") and p == payloads[0] for p in payloads):
+        return _decode(payloads[0])
       raise UserError(
-          f"{directory}: the data position was saved by other processes ({', '.join(saved)}), "
-          f"this run is process {i} of {n}; resume with the same number of processes, or start "
-          f"a new workdir with --init-from {directory.parent.parent.parent} (params only)")
-    payload = json.loads(path.read_text())
-    if payload["kind"] == "bytes":
-      return payload["state"].encode()
-    return payload["state"]
-
+          f"{directory}: the data position was saved by other processes "
+          f"({', '.join(p.name for p in saved)}) and is per process, this run is process {i} "
+          f"of {n}; resume with the same number of processes, or start a new workdir with "
+          f"--init-from {directory.parent.parent.parent} (params only)")
+    return _decode(json.loads(path.read_text()))
   def metadata(self, directory):
     return None
 
@@ -314,6 +309,10 @@ class DataStateHandler(ocp.CheckpointHandler):
 
   def close(self):
     pass
+
+
+def _decode(payload: dict):
+  return payload["state"].encode() if payload["kind"] == "bytes" else payload["state"]
 
 
 ocp.args.register_with_handler(DataStateHandler, for_save=True)(DataStateSave)
@@ -503,7 +502,8 @@ class Checkpointer:
         "time": time.time(),
     }
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=DataStateSave(data_state),
+                              data=DataStateSave(data_state, bool(getattr(
+                                  data_iter, "global_position", False))),
                               meta=ocp.args.JsonSave(meta))
     self._wait_writes()  # the previous save's callback owns _pending_step
     self._pending_step = self._writing = step
@@ -666,8 +666,9 @@ class Checkpointer:
   def check_structure(self, step: int, abstract_state) -> None:
     """The saved state's leaves (paths and shapes) must be this run's, or a UserError names
     what differs and the config fields that changed -- before anything is read or moved."""
-    saved = _leaf_shapes_saved(self.step_dir(step))
-    now = _leaf_shapes_abstract(abstract_state)
+    tree = self._mngr.item_metadata(step)["state"]  # global shapes, read from metadata only
+    saved = _leaf_shapes(tree.tree if hasattr(tree, "tree") else tree)
+    now = _leaf_shapes(abstract_state)
     if saved == now:
       return
 

@@ -110,6 +110,42 @@ def run_ok(args: list[str], env: dict, timeout: float = 300) -> subprocess.Compl
   return out
 
 
+def free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_processes(args: list[str], env: dict, n: int, timeout: float = 300) -> list[tuple]:
+  """The same `bertjax` command as `n` processes joined over 127.0.0.1 (gloo); each gets
+  --coordinator/--num-processes/--process-id. Returns [(returncode, stdout, stderr)].
+
+  Without the persistent compilation cache: a process that finds its program cached would
+  reach the first collective long before one that compiles, and gloo gives up after 30 s."""
+  env = {k: v for k, v in env.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+  port = free_port()
+  procs = [popen([*args, "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n),
+                  "--process-id", str(i)], env) for i in range(n)]
+  outs = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=timeout)
+      outs.append((p.returncode, out, err))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return outs
+
+
+def run_processes_ok(args: list[str], env: dict, n: int, timeout: float = 300) -> list[tuple]:
+  outs = run_processes(args, env, n, timeout)
+  for i, (rc, out, err) in enumerate(outs):
+    assert rc == 0, f"process {i}: rc={rc}\n{out[-2000:]}\n{err[-4000:]}"
+  return outs
+
+
 def error_lines(stderr: str) -> list[str]:
   """The `bertjax <cmd>: error: ...` lines of a child's stderr."""
   return [ln for ln in stderr.splitlines() if ln.startswith("bertjax") and ": error: " in ln]

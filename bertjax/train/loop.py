@@ -55,6 +55,10 @@ class PhasedData:
   def __next__(self):
     return next(self.it)
 
+  @property
+  def global_position(self) -> bool:  # see bertjax.checkpoint.DataStateHandler
+    return bool(getattr(self.it, "global_position", False))
+
   def get_state(self):
     s = self.it.get_state()
     if isinstance(s, (bytes, bytearray)):
@@ -139,7 +143,8 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
       steps[phase] = make_train_step(
           task.loss_fn, tx, mesh, shardings, schedule=schedule,
           grad_accum_steps=t.grad_accum_steps, loss_denominators=task.loss_denominators,
-          frozen=task.frozen, nan_policy=t.nan_policy)
+          frozen=task.frozen, nan_policy=t.nan_policy,
+          deterministic_reduce=t.get("deterministic_reduce", False))
     return steps[phase]
 
   eval_cache, eval_step = [], []

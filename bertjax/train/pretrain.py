@@ -62,6 +62,8 @@ class SyntheticIterator:
   """Random pretraining batches, a pure function of (seed, batch index): same global batch for
   any process count, each process yielding its own rows. get_state/set_state like grain's."""
 
+  global_position = True  # batches_read counts global batches (bertjax.checkpoint)
+
   def __init__(self, cfg, phase: int = 0, seed: int = 0, process_index: int = 0,
                process_count: int = 1):
     self.b, self.s, self.p = phase_shapes(cfg, phase)
