@@ -241,6 +241,20 @@ def _flat_config(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def _unreadable_file(e: BaseException) -> Optional[str]:
+  """Evidence in a restore error itself: TensorStore read a file shorter than its index says
+  (OUT_OF_RANGE) or one failing its own checks (DATA_LOSS). Other statuses (an I/O error,
+  UNAVAILABLE ...) are not evidence."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    m = re.search(r"\b(?:DATA_LOSS|OUT_OF_RANGE): [^\n]{0,300}", str(e))
+    if m and not isinstance(e, OSError):
+      return m.group(0)
+    e = e.__cause__ or e.__context__
+  return None
+
+
 class CheckpointReadError(UserError):
   """Reading a checkpoint failed for a reason that is not evidence of damage (MemoryError,
   an I/O error): it is left where it is, and the same command resumes from it once the
@@ -635,14 +649,15 @@ class Checkpointer:
       except Exception as e:
         # Only evidence moves a checkpoint aside (a failed checksum, a missing item, JSON that
         # does not parse); any other failure (MemoryError, EIO ...) leaves it in place.
-        damage = str(e) if isinstance(e, CorruptCheckpoint) else self._damage(s)
+        damage = (str(e) if isinstance(e, CorruptCheckpoint)
+                  else _unreadable_file(e) or self._damage(s))
         if damage is None:
           raise CheckpointReadError(
               f"{self.step_dir(s)}: reading checkpoint step {s} failed ({type(e).__name__}: "
               f"{str(e)[:200]}); its files pass their checks, so it was left in place; fix "
               f"the cause (memory, disk, filesystem) and run the same command again") from None
         older = steps[len(steps) - 2 - i] if i + 1 < len(steps) else None
-        log.warning("checkpoint %s is damaged (%s); %s", self.step_dir(s), damage[:300],
+        log.warning("checkpoint %s is unreadable (%s); %s", self.step_dir(s), damage[:300],
                     f"falling back to step {older}" if older is not None else "none left")
         self._set_aside(s)
     raise UserError(f"{self.directory}: no readable checkpoint (moved to {CORRUPT_DIR}/); "
