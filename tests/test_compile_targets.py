@@ -88,6 +88,16 @@ def test_not_fitting_names_the_fields_to_change(tiny_v4_32):
     assert field in msg, msg
 
 
+def test_compiler_out_of_memory_is_one_line(capsys):
+  """131,072 sequences on 8 v5e chips: the TPU compiler refuses it; one line names the fields."""
+  from bertjax.cli import main
+  code = main(["compile", "--config", str(CONFIGS / "bert_tiny.py"), "--target", "v5e-8",
+               "--config.train.phase2_start=0", "--config.train.global_batch_size=131072"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1, err
+  assert "ran out of device memory" in err[0] and "train.global_batch_size" in err[0], err
+
+
 @pytest.mark.parametrize("override, field", [
     (["--config.train.global_batch_size=60"], "train.global_batch_size"),  # 60 % 16 != 0
     (["--config.mesh.fsdp=3"], "mesh.fsdp"),                                # 16 % 3 != 0
