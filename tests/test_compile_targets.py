@@ -113,3 +113,15 @@ def test_sharding_that_does_not_divide_is_one_line(override, field, capsys):
 def test_unknown_target_is_a_user_error():
   with pytest.raises(UserError, match="v5e-256"):
     targets.get("v5e-9")
+
+
+def test_gpu_target_without_the_cuda_plugin_names_the_install(capsys):
+  """The H100 target needs the gpu-compile extra (not in the test extra: 480 MB); without it,
+  one line says what to install."""
+  import importlib.util
+  if importlib.util.find_spec("jax_plugins") and importlib.util.find_spec("jax_plugins.xla_cuda12"):
+    pytest.skip("the CUDA plugin is installed here")
+  from bertjax.cli import main
+  code = main(["compile", "--config", str(CONFIGS / "bert_tiny.py"), "--target", "h100x8"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and "jax-cuda12-plugin==0.10.2" in err[0], err
