@@ -427,7 +427,7 @@ def run(out_dir: str) -> dict:
       f"{pipe['peak_rss_mb']:.0f} MB.",
       "", f"Command: `nice -n 15 .venv/bin/python -m benchmarks.run corpus` (BENCH_DIR={bench}, "
       f"MB={big}, SMALL_MB={small}, OTHER_MB={other_mb}, WORKERS={workers}); corpora written "
-      f"in {build_s:.0f} s. Measured {min(r['measured_at'] for r in rows)} to "
+      f"in {build_s:.0f} s (near 0: kept under BENCH_DIR from an earlier run). Measured {min(r['measured_at'] for r in rows)} to "
       f"{max(r['measured_at'] for r in rows + [pipe, ceil_uni, ceil_spm, ceil_wp])} at the "
       "commits shown per row (pipeline and tokenizer rows: "
       f"{pipe['commit']}, {ceil_uni['commit']}).",
