@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 import warnings
 
@@ -100,10 +101,14 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
       return old
   # Written into a staging dir first: an earlier preparation is replaced only once this one
   # has succeeded, so a bad corpus (an error below) leaves a good prepared dir as it was.
+  # Staging dirs are named by host and pid: only this host's, of processes that are gone
+  # (killed runs), are removed; another host's pid means nothing here.
+  host = socket.gethostname()
   for old_stage in glob.glob(os.path.join(out_dir, ".preparing-*")):
-    if not _alive(int(old_stage.rsplit("-", 1)[1])):  # left by a killed run
+    owner, _, pid = os.path.basename(old_stage)[len(".preparing-"):].rpartition("-")
+    if owner == host and pid.isdigit() and not _alive(int(pid)):
       shutil.rmtree(old_stage, ignore_errors=True)
-  stage = os.path.join(out_dir, f".preparing-{os.getpid()}")
+  stage = os.path.join(out_dir, f".preparing-{host}-{os.getpid()}")
   shutil.rmtree(stage, ignore_errors=True)
   os.makedirs(stage)
 
@@ -196,7 +201,28 @@ def _read_manifest(path: str) -> dict:
   if not isinstance(manifest, dict) or "splits" not in manifest:
     raise UserError(f"{path}: not a bertjax manifest (no 'splits'); delete the prepared "
                     "directory and run again")
+  # Valid JSON of the wrong shape (hand-edited, or another tool's): name it here, not as a
+  # KeyError deep in the pipeline.
+  splits = manifest["splits"]
+  problem = None
+  if not isinstance(splits, dict) or not splits:
+    problem = "'splits' is not a mapping of splits"
+  else:
+    for name, sp in splits.items():
+      missing = [k for k in _SPLIT_KEYS if not isinstance(sp, dict) or k not in sp]
+      if missing:
+        problem = f"split {name!r} lacks {', '.join(missing)}"
+        break
+  for key, kind in (("fingerprint", dict), ("special_ids", dict), ("token_dtype", str)):
+    if problem is None and not isinstance(manifest.get(key), kind):
+      problem = f"no valid {key!r}"
+  if problem:
+    raise UserError(f"{path}: damaged manifest ({problem}); delete the prepared directory and "
+                    "run again")
   return manifest
+
+
+_SPLIT_KEYS = ("documents", "pieces", "sentences", "tokens", "shards")
 
 
 def format_summary(manifest: dict) -> str:
