@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
                                         #   (False: block-diagonal, positions restart per document)
   d.max_predictions_per_seq = 20        # P: masked positions per sequence (BERT: 20 at S=128);
                                         #   0 = ceil(highest masking rate x S)
-  d.masked_lm_prob = 0.15               # share of the maskable tokens to predict (any rate, e.g. 0.3)
+  d.masked_lm_prob = 0.15               # share of maskable tokens to predict (any rate, e.g. 0.3)
   d.masked_lm_prob_end = 0.0            # > 0: the rate moves linearly from masked_lm_prob to this
                                         #   over train.num_steps (mmBERT: 0.3 -> 0.05); 0 = constant
   d.mask_token_prob = 0.8               # a chosen token becomes [MASK] (BERT: 0.8) ...
@@ -115,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Budgets set num_steps instead (at most one; the resolved value is kept in
   # WORKDIR/budget.json so a resumed run keeps its schedule):
   t.budget_tokens = 0                   # > 0: num_steps = ceil(tokens / (global batch x S))
-  t.budget_minutes = 0.0                # > 0: num_steps = minutes of train steps / measured step time
+  t.budget_minutes = 0.0                # > 0: num_steps = train-step minutes / measured step time
   # Two-phase training as BERT did: steps after `phase2_start` use phase2 shapes (0 = one phase).
   t.phase2_start = 0
   t.phase2_max_seq_length = 512

@@ -44,8 +44,8 @@ def packed(prepared_dir, n, **kw):
 def unmasked(b):
   ids = b["input_ids"].copy()
   rows = np.arange(len(ids))[:, None]
-  w = b["masked_lm_weights"] > 0
-  ids[rows, b["masked_lm_positions"]] = np.where(w, b["masked_lm_ids"], ids[rows, b["masked_lm_positions"]])
+  pos, w = b["masked_lm_positions"], b["masked_lm_weights"] > 0
+  ids[rows, pos] = np.where(w, b["masked_lm_ids"], ids[rows, pos])
   return ids
 
 

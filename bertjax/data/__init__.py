@@ -1,10 +1,11 @@
-"""Input pipeline: corpus -> tokenizer -> prepared shards -> BERT pairs + masks on the fly.
+"""Input pipeline: corpus -> tokenizer -> prepared shards -> pairs / packed rows + masks on the fly.
 
   corpus.py     readers (bert / prose / auto / tfds), sentence splitting, encodings
   tokenizer.py  SentencePiece (fixed special ids) and WordPiece vocab.txt behind one interface
   prepare.py    `bertjax prepare`: tokenise once into ArrayRecord shards + manifest.json
   shards.py     the on-disk layout and random access to it
   pairs.py      BERT's segment-pair algorithm, planned per epoch from sentence lengths
+  packing.py    MLM-only rows packed to full length from the epoch's document stream
   masking.py    dynamic (whole-word) MLM masking for a batch, vectorised
   rng.py        counter-based randomness: hashes of (seed, epoch, example index)
   pipeline.py   the grain iterator the trainer uses (make_pretrain_iterator)
