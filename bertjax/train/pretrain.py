@@ -420,6 +420,11 @@ def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool =
   """`bertjax pretrain`: prepare, train (resuming), export, summarise. Returns the summary."""
   from bertjax import checkpoint
   from bertjax.train.loop import train
+  if not synthetic:  # paths checked and vocab_size known before a budget compiles a step
+    from bertjax.data.tokenizer import load_tokenizer
+    _check_paths(cfg)
+    set_vocab_from_tokenizer(cfg, load_tokenizer(cfg.data.tokenizer,
+                                                 cfg.data.do_lower_case).vocab_size)
   budget = resolve_budget(cfg, workdir)
   task = pretrain_task(cfg, workdir, synthetic=synthetic, init_from=init_from)
   summary = train(task, cfg, workdir, progress=progress)
