@@ -7,7 +7,7 @@ Data: data/corpus/*.txt (public-domain Gutenberg books, inaugural and State of t
 addresses; provenance in data/corpus/PROVENANCE.md) with the shipped SentencePiece tokenizer
 data/tokenizer/spm.model (8,000 pieces; model.vocab_size is taken from it).
 Model: L=2, H=128, N=2 ("tiny"), max 128 positions; batch 32 x 128 tokens.
-Recipe (chosen from the short runs in benchmarks/results.md; BERT-2018's differs in NSP, dropout
+Recipe (chosen from the short runs in docs/pretrain_recipe.md; BERT-2018's differs in NSP, dropout
 0.1, 15% masking, fp32 and a linear schedule):
   MLM only (no NSP), rows packed to full length from the document stream (RoBERTa), attention
   kept within each document; 30% masking (Wettig et al. 2023); no dropout, so attention runs
@@ -39,7 +39,7 @@ def get_config():
   c.data.heldout_fraction = 0.06         # 7 of the 127 documents (~32k tokens) for evaluation
   # lr: at step 200 (of 600), held-out MLM accuracy 0.040 with 3e-3 / warmup 6% (a loss spike
   # after the warmup sent it back to the unigram plateau), 0.075 with 1e-3 / warmup 10%, 0.095
-  # with 2e-3 / warmup 15% (benchmarks/results.md).
+  # with 2e-3 / warmup 15% (docs/pretrain_recipe.md).
   c.optim.learning_rate = 2e-3
   c.optim.schedule = "wsd"
   c.optim.warmup_fraction = 0.15
