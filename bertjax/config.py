@@ -78,9 +78,20 @@ def base_config() -> ml_collections.ConfigDict:
   d.prepared_dir = ""                   # where `bertjax prepare` writes shards ("" = WORKDIR/prepared)
   d.heldout_fraction = 0.02             # documents held out for evaluation
   d.max_seq_length = 128                # S
-  d.max_predictions_per_seq = 20        # P: masked positions per sequence (BERT: 20 at S=128)
-  d.masked_lm_prob = 0.15
-  d.short_seq_prob = 0.1
+  # nsp: BERT's segment pairs + next-sentence prediction | mlm: MLM only, rows packed to full
+  # length from consecutive text of one or more documents (RoBERTa), no NSP head
+  d.objective = "nsp"
+  d.cross_document_attention = False    # mlm: may a packed row's documents attend to each other
+                                        #   (False: block-diagonal, positions restart per document)
+  d.max_predictions_per_seq = 20        # P: masked positions per sequence (BERT: 20 at S=128);
+                                        #   0 = ceil(highest masking rate x S)
+  d.masked_lm_prob = 0.15               # share of maskable tokens to predict (any rate, e.g. 0.3)
+  d.masked_lm_prob_end = 0.0            # > 0: the rate moves linearly from masked_lm_prob to this
+                                        #   over train.num_steps (mmBERT: 0.3 -> 0.05); 0 = constant
+  d.mask_token_prob = 0.8               # a chosen token becomes [MASK] (BERT: 0.8) ...
+  d.random_token_prob = 0.1             # ... or a random token (BERT: 0.1); else it stays unchanged
+  d.eval_masked_lm_prob = 0.15          # held-out text is scored at this rate (compare recipes)
+  d.short_seq_prob = 0.1                # nsp: chunks with a random shorter target length
   d.whole_word_masking = False
   d.num_workers = 0                     # grain worker processes (0 = in-process)
   d.seed = 0
@@ -88,8 +99,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = o = ml_collections.ConfigDict()
   o.name = "adamw"                      # adamw | lamb
   o.learning_rate = 1e-4                # peak learning rate
-  o.schedule = "linear"                 # linear | cosine (after warmup)
+  # linear | cosine (decay after warmup) | wsd (warmup-stable-decay: flat at the peak, then the
+  # last decay_fraction of the steps decays linearly) | one_cycle (optax's cosine one-cycle:
+  # up from peak/25 to the peak over the warmup, then down to ~0, as in cramming)
+  o.schedule = "linear"
   o.warmup_steps = 100
+  o.warmup_fraction = 0.0               # > 0: warmup = this share of num_steps (budget runs)
+  o.decay_fraction = 0.2                # wsd: share of the steps spent decaying at the end
   o.end_learning_rate = 0.0
   o.b1 = 0.9
   o.b2 = 0.999
@@ -102,6 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
   t.global_batch_size = 32              # sequences per optimizer step, over all devices and hosts
   t.grad_accum_steps = 1                # micro-batches per step; batch/accum must divide by devices
   t.num_steps = 1000
+  # Budgets set num_steps instead (at most one; the resolved value is kept in
+  # WORKDIR/budget.json so a resumed run keeps its schedule):
+  t.budget_tokens = 0                   # > 0: num_steps = ceil(tokens / (global batch x S))
+  t.budget_minutes = 0.0                # > 0: num_steps = train-step minutes / measured step time
   # Two-phase training as BERT did: steps after `phase2_start` use phase2 shapes (0 = one phase).
   t.phase2_start = 0
   t.phase2_max_seq_length = 512
@@ -333,5 +353,28 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
   if not 0.0 < cfg.optim.layer_lr_decay <= 1.0:
     raise UserError(f"optim.layer_lr_decay={cfg.optim.layer_lr_decay}: use a value in (0, 1] "
                     "(1 = off; 0.9 is typical for fine-tuning)")
-  if cfg.optim.schedule not in ("linear", "cosine"):
-    raise UserError(f"optim.schedule={cfg.optim.schedule!r}: use linear or cosine")
+  o = cfg.optim
+  if o.schedule not in ("linear", "cosine", "wsd", "one_cycle"):
+    raise UserError(f"optim.schedule={o.schedule!r}: use linear, cosine, wsd or one_cycle")
+  if not 0.0 <= o.warmup_fraction < 1.0 or not 0.0 <= o.decay_fraction <= 1.0:
+    raise UserError(f"optim.warmup_fraction={o.warmup_fraction} must be in [0, 1) and "
+                    f"optim.decay_fraction={o.decay_fraction} in [0, 1]")
+  if d.objective not in ("nsp", "mlm"):
+    raise UserError(f"data.objective={d.objective!r}: use nsp or mlm")
+  for name in ("masked_lm_prob", "eval_masked_lm_prob"):
+    if not 0.0 < d[name] < 1.0:
+      raise UserError(f"data.{name}={d[name]}: use a rate in (0, 1), e.g. 0.15 or 0.3")
+  if not 0.0 <= d.masked_lm_prob_end < 1.0:
+    raise UserError(f"data.masked_lm_prob_end={d.masked_lm_prob_end}: use a rate in (0, 1), or 0 "
+                    "for a constant rate")
+  if min(d.mask_token_prob, d.random_token_prob) < 0 or d.mask_token_prob + d.random_token_prob > 1:
+    raise UserError(f"data.mask_token_prob={d.mask_token_prob} + data.random_token_prob="
+                    f"{d.random_token_prob}: use non-negative shares that sum to at most 1")
+  if d.max_predictions_per_seq < 0:
+    raise UserError(f"data.max_predictions_per_seq={d.max_predictions_per_seq}: use >= 1, or 0 to "
+                    "derive it from the masking rate")
+  if t.budget_tokens < 0 or t.budget_minutes < 0:
+    raise UserError("train.budget_tokens and train.budget_minutes must be >= 0 (0 = off)")
+  if t.budget_tokens and t.budget_minutes:
+    raise UserError(f"train.budget_tokens={t.budget_tokens} and train.budget_minutes="
+                    f"{t.budget_minutes}: set one budget, not both")

@@ -377,9 +377,11 @@ class BertForPreTraining(nn.Module):
   MLM logits are computed only at `masked_lm_positions` [B, P] (as the original BERT with
   max_predictions_per_seq), never a full [B, S, V] tensor; pass None to score every position
   (inference / tests).
-  Returns (mlm_logits [B, P, V] f32, nsp_logits [B, 2] f32).
+  Returns (mlm_logits [B, P, V] f32, nsp_logits [B, 2] f32). nsp=False (MLM-only pretraining)
+  builds no NSP head: no "nsp" parameters, and nsp_logits is None.
   """
   config: Any
+  nsp: bool = True
 
   @nn.compact
   def __call__(self, input_ids: Array, segment_ids: Array, input_mask: Array,
@@ -399,5 +401,7 @@ class BertForPreTraining(nn.Module):
     # word.T: the gradient of the [V, H] table is then computed as [H, V] (x^T g, a small
     # transpose) rather than g^T x (transposing the [B*P, V] cotangent): 4x faster on CPU.
     mlm_logits = add_bias(matmul("bph,hv->bpv", t, word.T, c), mlm_bias)     # [B, P, V]
+    if not self.nsp:
+      return mlm_logits, None
     nsp_logits = Dense(2, c, name="nsp")(pooled).astype(jnp.float32)         # [B, 2]
     return mlm_logits, nsp_logits

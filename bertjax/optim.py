@@ -3,6 +3,12 @@
 BERT's recipe: AdamW with beta2 0.999, eps 1e-6, weight decay 0.01 on every weight except
 LayerNorm scales and biases, linear warmup then linear decay to `end_learning_rate`; LAMB
 (You et al., 2019) for large batches; gradients clipped by global norm first.
+Schedules (optim.schedule): linear | cosine decay after the warmup; wsd, warmup-stable-decay
+(trapezoidal: linear warmup, flat at the peak, linear decay over the last `decay_fraction` of
+the steps; Zhai et al. 2022, Hu et al. 2024); one_cycle, optax's cosine one-cycle (cramming,
+Geiping & Goldstein 2022: the peak at the end of the warmup). A schedule is a pure function of
+the step and num_steps, so a resumed run with the same num_steps continues it exactly; budgets
+(`budget_steps`) fix num_steps once, and the trainer keeps the resolved value.
 
 Frozen parameters (a task's `frozen(path)`) are routed to `optax.set_to_zero()` with
 `optax.multi_transform`: they get no Adam moments (no optimizer memory) and never change.
@@ -24,12 +30,31 @@ import jax
 import optax
 
 
+def warmup_steps(ocfg, num_steps: int) -> int:
+  """optim.warmup_fraction x num_steps when set, else optim.warmup_steps (< num_steps)."""
+  frac = ocfg.get("warmup_fraction", 0.0)
+  warmup = int(round(frac * num_steps)) if frac > 0 else ocfg.warmup_steps
+  return min(warmup, max(num_steps - 1, 0))
+
+
 def make_schedule(ocfg, num_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to `learning_rate`, then linear or cosine decay to `end_learning_rate`
-  at `num_steps`."""
+  """Linear warmup from 0 to `learning_rate`, then (schedule) linear / cosine decay to
+  `end_learning_rate` at `num_steps`, or wsd / one_cycle (see the module doc)."""
   peak, end = ocfg.learning_rate, ocfg.end_learning_rate
-  warmup = min(ocfg.warmup_steps, max(num_steps - 1, 0))
+  warmup = warmup_steps(ocfg, num_steps)
   decay_steps = max(num_steps - warmup, 1)
+  if ocfg.schedule == "one_cycle":
+    # optax: from peak/div_factor up (cosine) to the peak at pct_start, then down to
+    # peak/(div_factor * final_div_factor) at num_steps
+    return optax.cosine_onecycle_schedule(max(num_steps, 1), peak,
+                                          pct_start=max(warmup, 1) / max(num_steps, 2))
+  if ocfg.schedule == "wsd":
+    cool = min(int(round(ocfg.get("decay_fraction", 0.2) * num_steps)), decay_steps)
+    parts = [optax.constant_schedule(peak), optax.linear_schedule(peak, end, max(cool, 1))]
+    bounds = [num_steps - cool]
+    if warmup:
+      parts, bounds = [optax.linear_schedule(0.0, peak, warmup)] + parts, [warmup] + bounds
+    return optax.join_schedules(parts, bounds)
   if ocfg.schedule == "cosine":
     decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0.0)
   else:
@@ -37,6 +62,19 @@ def make_schedule(ocfg, num_steps: int) -> optax.Schedule:
   if warmup == 0:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def budget_steps(tcfg, tokens_per_step: int, step_seconds: float | None = None) -> int:
+  """train.num_steps under a budget: budget_tokens / tokens per step (rounded up), or
+  budget_minutes of train steps at `step_seconds` each (rounded down, at least 1); without a
+  budget, train.num_steps itself."""
+  if tcfg.get("budget_tokens", 0) > 0:
+    return max(1, -(-int(tcfg.budget_tokens) // int(tokens_per_step)))
+  if tcfg.get("budget_minutes", 0.0) > 0:
+    if not step_seconds or step_seconds <= 0:
+      raise ValueError("budget_minutes needs a measured step time")
+    return max(1, int(tcfg.budget_minutes * 60.0 / step_seconds))
+  return tcfg.num_steps
 
 
 def _leaf_name(path) -> str:

@@ -49,7 +49,7 @@ def tiny_pretrain_args(workdir, prepared, num_steps: int, extra=()) -> list[str]
   train.num_steps=k is exactly the first k steps of a longer run."""
   return [
       "pretrain", "--workdir", str(workdir), "--no-progress", "--no-export",
-      "--config", os.path.join(REPO, "configs", "pretrain_demo.py"),
+      "--config", os.path.join(REPO, "configs", "pretrain_bert2018.py"),
       f"--config.data.corpus={CORPUS}", f"--config.data.tokenizer={SPM}",
       f"--config.data.prepared_dir={prepared}",
       "--config.model.hidden_size=32", "--config.model.intermediate_size=64",

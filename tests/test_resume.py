@@ -26,7 +26,7 @@ WALL_CLOCK = {"seq_per_s", "tokens_per_s", "mfu"}
 
 def tiny_args(prepared: str) -> list[str]:
   return [
-      "--config", os.path.join(REPO, "configs", "pretrain_demo.py"), "--no-progress",
+      "--config", os.path.join(REPO, "configs", "pretrain_bert2018.py"), "--no-progress",
       "--no-export",
       f"--config.data.corpus={REPO}/data/corpus/inaugural_18*.txt",
       f"--config.data.tokenizer={REPO}/data/tokenizer/spm.model",

@@ -50,7 +50,7 @@ def run(tmp_path_factory, request):
   cwd = os.getcwd()
   os.chdir(REPO)  # the config's data paths are relative to the repository root
   try:
-    cfg = load_config("configs/pretrain_demo.py", overrides)
+    cfg = load_config("configs/pretrain_bert2018.py", overrides)
     summary = run_pretraining(cfg, workdir, export=False, progress=False)
   finally:
     os.chdir(cwd)

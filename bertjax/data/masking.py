@@ -2,7 +2,8 @@
 
 Per sequence: k = min(P, max(1, round(masked_lm_prob * maskable tokens))) positions are chosen
 uniformly among the maskable ones (not [CLS]/[SEP]/[PAD] or any special token); each chosen
-token becomes [MASK] 80%, stays 10%, or becomes a random non-special token 10% (BERT's rule).
+token becomes [MASK] with mask_token_prob, a random non-special token with random_token_prob, and
+stays itself otherwise (BERT's rule is 0.8 / 0.1, leaving 0.1 unchanged).
 Whole-word masking picks words in random order, skipping a word that would overshoot k
 (BERT's create_masked_lm_predictions), so a word is masked entirely or not at all; a word is a
 token with word_start plus the following non-start tokens (WordPiece `##x`, SentencePiece pieces
@@ -19,9 +20,24 @@ from bertjax.data import rng
 _SELECT, _ACTION, _RANDOM = 11, 12, 13
 
 
+def derived_max_predictions(masked_lm_prob: float, max_seq_length: int) -> int:
+  """P for a rate when max_predictions_per_seq is 0: ceil(rate * S) (BERT: 20 at 0.15, S=128)."""
+  return max(1, min(max_seq_length, int(np.ceil(round(masked_lm_prob * max_seq_length, 6)))))
+
+
+def rate_at(step: int, *, start: float, end: float, num_steps: int) -> float:
+  """The masking rate of a step: constant `start` when end <= 0, else linear from `start` at
+  step 0 to `end` at num_steps (mmBERT lowers 0.3 towards 0.05 over training)."""
+  if end <= 0 or num_steps <= 1:
+    return start
+  f = min(max(step / (num_steps - 1), 0.0), 1.0)
+  return end if f == 1.0 else start + (end - start) * f
+
+
 def mask_batch(ids: np.ndarray, maskable: np.ndarray, keys: np.ndarray, *, masked_lm_prob: float,
                max_predictions: int, mask_id: int, random_pool: np.ndarray,
-               word_start: np.ndarray | None = None) -> dict:
+               word_start: np.ndarray | None = None, mask_token_prob: float = 0.8,
+               random_token_prob: float = 0.1) -> dict:
   """Mask `ids` in place; return masked_lm_positions/ids/weights.
 
   ids: [B, S] int32 token ids; maskable: [B, S] bool; keys: [B] uint64 per-example hash keys;
@@ -58,7 +74,9 @@ def mask_batch(ids: np.ndarray, maskable: np.ndarray, keys: np.ndarray, *, maske
   act = rng.uniform_grid(keys, _ACTION, s)[rows, pos]                         # [B, P]
   rnd = rng.uniform_grid(keys, _RANDOM, s)[rows, pos]                         # [B, P]
   random_tok = random_pool[(rnd * len(random_pool)).astype(np.int64)]
-  new = np.where(act < 0.8, mask_id, np.where(act < 0.9, labels, random_tok))
+  # act in [0, m): [MASK]; [m, 1 - r): unchanged; [1 - r, 1): random (0.8 / 0.9 for BERT's rule)
+  keep_below = 1.0 - random_token_prob
+  new = np.where(act < mask_token_prob, mask_id, np.where(act < keep_below, labels, random_tok))
   ids[rows, pos] = np.where(chosen, new, ids[rows, pos])
   return {"masked_lm_positions": pos, "masked_lm_ids": labels,
           "masked_lm_weights": chosen.astype(np.float32)}

@@ -1,14 +1,20 @@
 """Pretraining batches from prepared shards, built on the fly with grain.
 
-Example index k of the endless stream = example j of epoch e (epochs are concatenated; each is
-`pairs.plan_epoch`'s shuffled chunks). Global batch i holds examples [i*G, (i+1)*G); process p of
-P builds rows [p*G/P, (p+1)*G/P) of it. All randomness hashes (seed, epoch, j), so batches are
-identical for any number of worker processes or hosts, and the iterator state (the next example
-index) is all a resume needs.
+Example index k of the endless stream = example j of epoch e (epochs are concatenated). Global
+batch i holds examples [i*G, (i+1)*G); process p of P builds rows [p*G/P, (p+1)*G/P) of it. All
+randomness hashes (seed, epoch, j), so batches are identical for any number of worker processes
+or hosts, and the iterator state (the next example index) is all a resume needs.
+
+Two objectives (data.objective):
+  nsp: BERT's segment pairs (`pairs.plan_epoch`'s shuffled chunks) with next-sentence labels;
+  mlm: rows packed to full length from consecutive text of one or more documents (`packing`).
+The masking rate may follow a schedule over the steps (masking.rate_at): batch i is step
+`step_offset + i`, so the rate, too, is a function of the position in the stream.
 
 Batch fields (numpy): input_ids, input_mask, segment_ids [b, S] int32; masked_lm_positions,
-masked_lm_ids [b, P] int32; masked_lm_weights [b, P] float32; next_sentence_labels [b] int32
-(0 = IsNext, 1 = NotNext, as in BERT).
+masked_lm_ids [b, P] int32; masked_lm_weights [b, P] float32; nsp adds next_sentence_labels [b]
+int32 (0 = IsNext, 1 = NotNext, as in BERT); mlm adds position_ids [b, S] int32 and its
+input_mask numbers the documents of a row (see packing).
 """
 from __future__ import annotations
 
@@ -21,20 +27,23 @@ import warnings
 import grain
 import numpy as np
 
-from bertjax.data import masking, pairs, rng, shards
+from bertjax.data import masking, packing, pairs, rng, shards
 from bertjax.data.prepare import FORMAT_VERSION, load_manifest
 from bertjax.errors import UserError
 
 _S_EXAMPLE, _S_PAIR = 0xE8A, 0xE8B
+OBJECTIVES = ("nsp", "mlm")
 
 
-class _PretrainBatches:
-  """Callable: global batch index -> this process's rows of it. Picklable for grain workers."""
+class _Batches:
+  """Callable: global batch index -> this process's rows of it. Picklable for grain workers.
+  Subclasses define `plan(epoch)` (anything with a len) and `build(examples, rate)`."""
 
   def __init__(self, prepared_dir: str, split: str, *, global_batch_size: int,
                max_seq_length: int, max_predictions_per_seq: int, masked_lm_prob: float,
-               short_seq_prob: float, whole_word_masking: bool, seed: int, process_index: int,
-               process_count: int):
+               whole_word_masking: bool, seed: int, process_index: int, process_count: int,
+               masked_lm_prob_end: float = 0.0, schedule_steps: int = 0, step_offset: int = 0,
+               mask_token_prob: float = 0.8, random_token_prob: float = 0.1):
     manifest = load_manifest(prepared_dir)
     if manifest.get("fingerprint", {}).get("version") != FORMAT_VERSION:
       raise UserError(f"{prepared_dir}: prepared by another bertjax version; re-run "
@@ -52,23 +61,25 @@ class _PretrainBatches:
       raise UserError(f"max_seq_length={max_seq_length}: use at least 8")
     if not 1 <= max_predictions_per_seq <= max_seq_length:
       raise UserError(f"max_predictions_per_seq={max_predictions_per_seq}: use 1..max_seq_length")
-    if not 0.0 < masked_lm_prob < 1.0 or not 0.0 <= short_seq_prob <= 1.0:
+    if not 0.0 < masked_lm_prob < 1.0 or not 0.0 <= masked_lm_prob_end < 1.0:
       raise UserError(f"masked_lm_prob={masked_lm_prob} must be in (0, 1) and "
-                      f"short_seq_prob={short_seq_prob} in [0, 1]")
+                      f"masked_lm_prob_end={masked_lm_prob_end} in [0, 1) (0 = constant rate)")
+    if min(mask_token_prob, random_token_prob) < 0 or mask_token_prob + random_token_prob > 1:
+      raise UserError(f"mask_token_prob={mask_token_prob} + random_token_prob="
+                      f"{random_token_prob} must be non-negative and sum to at most 1")
     self.dir, self.split = prepared_dir, split
     self.g, self.s, self.p = global_batch_size, max_seq_length, max_predictions_per_seq
     self.b = global_batch_size // process_count
     self.row0 = process_index * self.b
-    self.masked_lm_prob, self.short_seq_prob = masked_lm_prob, short_seq_prob
+    self.masked_lm_prob, self.masked_lm_prob_end = masked_lm_prob, masked_lm_prob_end
+    self.schedule_steps, self.step_offset = schedule_steps, step_offset
+    self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
     self.whole_word_masking, self.seed = whole_word_masking, seed
+    self.n_documents = info["documents"]
     self.store = shards.DocStore(prepared_dir, info, manifest["token_dtype"])
     sp = manifest["special_ids"]
     self.cls_id, self.sep_id, self.mask_id, self.pad_id = sp["cls"], sp["sep"], sp["mask"], sp["pad"]
     self._tables = dict(np.load(os.path.join(prepared_dir, "token_tables.npz")))
-    if info["documents"] < 2:
-      warnings.warn(f"{prepared_dir} split {split!r} has one document: NotNext segments will "
-                    "come from that same document; add documents for a meaningful NSP task",
-                    stacklevel=3)
     self._init_local()
 
   def _init_local(self):
@@ -80,7 +91,7 @@ class _PretrainBatches:
     # documents -> their first piece (pieces of a document are consecutive)
     firsts = np.flatnonzero(np.r_[True, self.piece_doc[1:] != self.piece_doc[:-1]])
     self.doc_first = np.append(firsts, len(self.piece_doc))                      # [n_docs + 1]
-    self._plans: dict[int, pairs.Plan] = {}
+    self._plans: dict = {}
     self._epoch_starts = [0]
     self._lock = threading.Lock()
 
@@ -94,18 +105,27 @@ class _PretrainBatches:
     self.__dict__.update(state)
     self._init_local()
 
-  # -------------------------------------------------------------- epochs
-  def plan(self, epoch: int) -> pairs.Plan:
+  def rate(self, batch_index: int) -> float:
+    """The masking rate of this iterator's batch `batch_index` (its step on the schedule)."""
+    return masking.rate_at(self.step_offset + int(batch_index), start=self.masked_lm_prob,
+                           end=self.masked_lm_prob_end, num_steps=self.schedule_steps)
+
+  def _cached_plan(self, epoch: int, make):
     with self._lock:
       if epoch not in self._plans:
         if len(self._plans) >= 2:  # keep the current and the next epoch
           self._plans.pop(min(self._plans))
-        self._plans[epoch] = pairs.plan_epoch(
-            self.sent_lens, self.piece_off, seed=self.seed, epoch=epoch,
-            max_num_tokens=self.s - 3, short_seq_prob=self.short_seq_prob,
-            sent_offsets=self.sent_off)
+        self._plans[epoch] = make()
       return self._plans[epoch]
 
+  def _mask(self, ids, maskable, keys, rate) -> dict:
+    return masking.mask_batch(
+        ids, maskable, keys, masked_lm_prob=rate, max_predictions=self.p,
+        mask_id=self.mask_id, random_pool=self._tables["pool"],
+        word_start=self._tables["word_start"] if self.whole_word_masking else None,
+        mask_token_prob=self.mask_token_prob, random_token_prob=self.random_token_prob)
+
+  # -------------------------------------------------------------- epochs
   def epoch_size(self, epoch: int) -> int:
     while len(self._epoch_starts) <= epoch + 1:
       e = len(self._epoch_starts) - 1
@@ -122,10 +142,34 @@ class _PretrainBatches:
   # -------------------------------------------------------------- batches
   def __call__(self, batch_index: int) -> dict:
     first = int(batch_index) * self.g + self.row0
-    return self.build([self.locate(k) for k in range(first, first + self.b)])
+    return self.build([self.locate(k) for k in range(first, first + self.b)],
+                      self.rate(batch_index))
 
-  def build(self, examples: list[tuple[int, int]]) -> dict:
-    """(epoch, index) pairs -> one batch dict (rows in the given order)."""
+
+class _PairBatches(_Batches):
+  """objective nsp: BERT's segment pairs with next-sentence labels (see `pairs`)."""
+
+  def __init__(self, prepared_dir: str, split: str, *, short_seq_prob: float, **kw):
+    if not 0.0 <= short_seq_prob <= 1.0:
+      raise UserError(f"short_seq_prob={short_seq_prob} must be in [0, 1]")
+    self.short_seq_prob = short_seq_prob
+    super().__init__(prepared_dir, split, **kw)
+    if self.n_documents < 2:
+      warnings.warn(f"{prepared_dir} split {split!r} has one document: NotNext segments will "
+                    "come from that same document; add documents for a meaningful NSP task",
+                    stacklevel=3)
+
+  def identity(self) -> dict:
+    return {"objective": "nsp", "short_seq_prob": self.short_seq_prob}
+
+  def plan(self, epoch: int) -> pairs.Plan:
+    return self._cached_plan(epoch, lambda: pairs.plan_epoch(
+        self.sent_lens, self.piece_off, seed=self.seed, epoch=epoch,
+        max_num_tokens=self.s - 3, short_seq_prob=self.short_seq_prob,
+        sent_offsets=self.sent_off))
+
+  def build(self, examples: list[tuple[int, int]], rate: float) -> dict:
+    """(epoch, index) pairs -> one batch dict (rows in the given order), masked at `rate`."""
     b, s = len(examples), self.s
     max_tokens = s - 3
     ep = np.array([e for e, _ in examples], np.int64)                       # [b]
@@ -185,12 +229,51 @@ class _PretrainBatches:
     input_mask = (pos < lengths).astype(np.int32)                           # [b, S]
     seg = ((pos >= (2 + la)[:, None]) & (pos < lengths)).astype(np.int32)   # [b, S]
     maskable = (input_mask > 0) & ~self._tables["special"][ids]             # [b, S]
-    mlm = masking.mask_batch(
-        ids, maskable, keys, masked_lm_prob=self.masked_lm_prob, max_predictions=self.p,
-        mask_id=self.mask_id, random_pool=self._tables["pool"],
-        word_start=self._tables["word_start"] if self.whole_word_masking else None)
+    mlm = self._mask(ids, maskable, keys, rate)
     return {"input_ids": ids, "input_mask": input_mask, "segment_ids": seg, **mlm,
             "next_sentence_labels": rnext.astype(np.int32)}
+
+
+class _PackedBatches(_Batches):
+  """objective mlm: rows packed to full length from the epoch's document stream (`packing`)."""
+
+  def __init__(self, prepared_dir: str, split: str, *, cross_document_attention: bool, **kw):
+    self.cross_document = cross_document_attention
+    super().__init__(prepared_dir, split, **kw)
+
+  def _init_local(self):
+    super()._init_local()
+    self.piece_len = packing.piece_tokens(self.piece_off, self.sent_off)       # [n_pieces]
+
+  def __getstate__(self):
+    state = super().__getstate__()
+    state.pop("piece_len", None)
+    return state
+
+  def identity(self) -> dict:
+    return {"objective": "mlm", "cross_document_attention": self.cross_document}
+
+  def plan(self, epoch: int) -> packing.PackPlan:
+    return self._cached_plan(epoch, lambda: packing.plan_epoch(
+        self.piece_len, self.doc_first, seed=self.seed, epoch=epoch, window=self.s - 1))
+
+  def build(self, examples: list[tuple[int, int]], rate: float) -> dict:
+    """(epoch, index) pairs -> one batch dict (rows in the given order), masked at `rate`."""
+    plans = [self.plan(e) for e, _ in examples]
+    spans = [pl.spans(j) for pl, (_, j) in zip(plans, examples)]
+    need = np.unique([int(pl.unit_piece[u]) for pl, sp in zip(plans, spans) for u, _, _ in sp])
+    tokens = {p: toks for p, (_, toks) in zip(need.tolist(), self.store.read(need))}
+    rows = packing.build_rows(spans, [pl.unit_piece for pl in plans], tokens, self.piece_doc,
+                              seq_len=self.s, cls_id=self.cls_id, sep_id=self.sep_id,
+                              pad_id=self.pad_id, cross_document=self.cross_document)
+    ids = rows["input_ids"]                                                 # [b, S]
+    ep = np.array([e for e, _ in examples], np.int64)                       # [b]
+    jj = np.array([j for _, j in examples], np.int64)                       # [b]
+    keys = rng.mix_array(self.seed, ep, jj, _S_EXAMPLE)                     # [b] uint64
+    maskable = (rows["input_mask"] > 0) & ~self._tables["special"][ids]     # [b, S]
+    mlm = self._mask(ids, maskable, keys, rate)
+    return {"input_ids": ids, "input_mask": rows["input_mask"],
+            "segment_ids": np.zeros_like(ids), "position_ids": rows["position_ids"], **mlm}
 
 
 def _truncated_lengths(la: np.ndarray, lb: np.ndarray, max_tokens: int):
@@ -216,7 +299,7 @@ class PretrainIterator:
 
   global_position = True  # the state is the same on every process (bertjax.checkpoint)
 
-  def __init__(self, fn: _PretrainBatches, n_batches: int, num_workers: int):
+  def __init__(self, fn: _Batches, n_batches: int, num_workers: int):
     self.fn, self.n_batches, self.num_workers = fn, n_batches, num_workers
     self._next = 0
     self._it = None
@@ -249,7 +332,9 @@ class PretrainIterator:
     f = self.fn
     return {"split": f.split, "seed": f.seed, "max_seq_length": f.s,
             "max_predictions_per_seq": f.p, "masked_lm_prob": f.masked_lm_prob,
-            "short_seq_prob": f.short_seq_prob, "whole_word_masking": f.whole_word_masking}
+            "masked_lm_prob_end": f.masked_lm_prob_end, "mask_token_prob": f.mask_token_prob,
+            "random_token_prob": f.random_token_prob,
+            "whole_word_masking": f.whole_word_masking, **f.identity()}
 
   def get_state(self) -> dict:
     return {"next_example": self._next * self.fn.g, "global_batch_size": self.fn.g,
@@ -259,6 +344,11 @@ class PretrainIterator:
     if "next_example" not in state:
       raise UserError("data iterator state is not from bertjax.data.pipeline "
                       f"(keys {sorted(state)}); cannot resume the input pipeline from it")
+    saved_objective = state.get("objective", "nsp")
+    if saved_objective != self.fn.identity()["objective"]:
+      raise UserError(f"the saved data position is for data.objective={saved_objective}, this "
+                      f"run has {self.fn.identity()['objective']}; resume with "
+                      f"data.objective={saved_objective} or use a new workdir")
     changed = {k: (state[k], v) for k, v in self._identity().items()
                if k in state and state[k] != v}
     if changed:
@@ -283,19 +373,33 @@ def make_pretrain_iterator(prepared_dir: str, split: str, *, global_batch_size: 
                            masked_lm_prob: float = 0.15, short_seq_prob: float = 0.1,
                            whole_word_masking: bool = False, seed: int = 0,
                            process_index: int = 0, process_count: int = 1, num_workers: int = 0,
-                           num_epochs: int | None = None) -> PretrainIterator:
+                           num_epochs: int | None = None, objective: str = "nsp",
+                           cross_document_attention: bool = False,
+                           masked_lm_prob_end: float = 0.0, schedule_steps: int = 0,
+                           step_offset: int = 0, mask_token_prob: float = 0.8,
+                           random_token_prob: float = 0.1) -> PretrainIterator:
   """Iterator of this process's [global_batch_size // process_count, ...] batches.
 
+  objective: nsp (segment pairs + NSP labels) | mlm (packed rows; cross_document_attention says
+  whether a row's documents see each other). masked_lm_prob_end > 0: the rate moves linearly to
+  it over `schedule_steps` steps, batch i being step step_offset + i.
   num_epochs=None: endless (training). num_epochs=n: the full batches of the first n epochs
   (evaluation; the last partial batch is dropped). get_state()/set_state() resume exactly,
   also with another num_workers / process count (see PretrainIterator).
   """
-  fn = _PretrainBatches(prepared_dir, split, global_batch_size=global_batch_size,
-                        max_seq_length=max_seq_length,
-                        max_predictions_per_seq=max_predictions_per_seq,
-                        masked_lm_prob=masked_lm_prob, short_seq_prob=short_seq_prob,
-                        whole_word_masking=whole_word_masking, seed=seed,
-                        process_index=process_index, process_count=process_count)
+  common = dict(global_batch_size=global_batch_size, max_seq_length=max_seq_length,
+                max_predictions_per_seq=max_predictions_per_seq, masked_lm_prob=masked_lm_prob,
+                whole_word_masking=whole_word_masking, seed=seed, process_index=process_index,
+                process_count=process_count, masked_lm_prob_end=masked_lm_prob_end,
+                schedule_steps=schedule_steps, step_offset=step_offset,
+                mask_token_prob=mask_token_prob, random_token_prob=random_token_prob)
+  if objective == "nsp":
+    fn = _PairBatches(prepared_dir, split, short_seq_prob=short_seq_prob, **common)
+  elif objective == "mlm":
+    fn = _PackedBatches(prepared_dir, split, cross_document_attention=cross_document_attention,
+                        **common)
+  else:
+    raise UserError(f"data.objective={objective!r}: use one of {', '.join(OBJECTIVES)}")
   if num_epochs is None:
     n_batches = sys.maxsize
   else:
@@ -306,3 +410,6 @@ def make_pretrain_iterator(prepared_dir: str, split: str, *, global_batch_size: 
                       f"epoch(s), fewer than one global batch of {global_batch_size}; lower the "
                       "batch size or add data")
   return PretrainIterator(fn, n_batches, num_workers)
+
+
+_PretrainBatches = _PairBatches  # the older name (benchmarks/bench_data.py builds it directly)

@@ -1,4 +1,5 @@
-"""Pretraining as a TrainTask: BertForPreTraining (MLM + NSP) on the prepared corpus.
+"""Pretraining as a TrainTask: BertForPreTraining on the prepared corpus, MLM + NSP
+(data.objective=nsp, BERT 2018) or MLM only on packed rows (data.objective=mlm: no NSP head).
 
 `run_pretraining(cfg, workdir)` is what `bertjax pretrain` does: check paths, prepare the corpus
 once (WORKDIR/prepared unless data.prepared_dir), build the task, run the one trainer
@@ -10,6 +11,10 @@ random batches of the configured shapes, and `batch_spec(cfg, phase)` gives the 
 model.vocab_size comes from the tokenizer: the base default (30522) is replaced by the
 tokenizer's size; an explicit larger value is kept (padded vocabulary, e.g. a multiple of 128
 for faster matmuls); a smaller one is an error.
+
+Budgets (train.budget_tokens / budget_minutes) set train.num_steps before anything is built;
+the resolved value goes to WORKDIR/budget.json and a resumed run reads it back, so its
+learning-rate and masking-rate schedules continue where they were (see `resolve_budget`).
 """
 from __future__ import annotations
 
@@ -19,13 +24,17 @@ import shutil
 import time
 from typing import Optional
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from bertjax import config as config_lib
+from bertjax.data.masking import derived_max_predictions
 from bertjax.errors import UserError
-from bertjax.losses import pretraining_denominators, pretraining_sums
+from bertjax.losses import (pretraining_denominators, pretraining_sums, weighted_accuracy,
+                            weighted_cross_entropy)
 from bertjax.model import BertForPreTraining
 from bertjax.train import metrics as mlib
 from bertjax.train.task import TrainTask
@@ -36,12 +45,22 @@ FIELDS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "mask
 
 
 def phase_shapes(cfg, phase: int) -> tuple[int, int, int]:
-  """(global batch B, sequence S, predictions P) of phase 0 or 1."""
+  """(global batch B, sequence S, predictions P) of phase 0 or 1. P = 0 in the config: derived
+  from the highest masking rate the phase uses (train schedule ends or evaluation)."""
   d, t = cfg.data, cfg.train
   if phase == 0:
-    return t.global_batch_size, d.max_seq_length, d.max_predictions_per_seq
-  return (t.phase2_global_batch_size or t.global_batch_size, t.phase2_max_seq_length,
-          t.phase2_max_predictions_per_seq)
+    b, s, p = t.global_batch_size, d.max_seq_length, d.max_predictions_per_seq
+  else:
+    b, s, p = (t.phase2_global_batch_size or t.global_batch_size, t.phase2_max_seq_length,
+               t.phase2_max_predictions_per_seq)
+  if p == 0:
+    p = derived_max_predictions(max(d.masked_lm_prob, d.masked_lm_prob_end,
+                                    d.eval_masked_lm_prob), s)
+  return b, s, p
+
+
+def uses_nsp(cfg) -> bool:
+  return cfg.data.objective == "nsp"
 
 
 def batch_spec(cfg, phase: int = 0, batch: Optional[int] = None) -> dict:
@@ -49,13 +68,17 @@ def batch_spec(cfg, phase: int = 0, batch: Optional[int] = None) -> dict:
   b, s, p = phase_shapes(cfg, phase)
   b = batch or b
   i32, f32 = jnp.int32, jnp.float32
-  return {"input_ids": jax.ShapeDtypeStruct((b, s), i32),
+  spec = {"input_ids": jax.ShapeDtypeStruct((b, s), i32),
           "input_mask": jax.ShapeDtypeStruct((b, s), i32),
           "segment_ids": jax.ShapeDtypeStruct((b, s), i32),
           "masked_lm_positions": jax.ShapeDtypeStruct((b, p), i32),
           "masked_lm_ids": jax.ShapeDtypeStruct((b, p), i32),
-          "masked_lm_weights": jax.ShapeDtypeStruct((b, p), f32),
-          "next_sentence_labels": jax.ShapeDtypeStruct((b,), i32)}
+          "masked_lm_weights": jax.ShapeDtypeStruct((b, p), f32)}
+  if uses_nsp(cfg):
+    spec["next_sentence_labels"] = jax.ShapeDtypeStruct((b,), i32)
+  else:
+    spec["position_ids"] = jax.ShapeDtypeStruct((b, s), i32)
+  return spec
 
 
 class SyntheticIterator:
@@ -68,6 +91,7 @@ class SyntheticIterator:
                process_count: int = 1):
     self.b, self.s, self.p = phase_shapes(cfg, phase)
     self.vocab = cfg.model.vocab_size
+    self.nsp = uses_nsp(cfg)
     self.seed, self.pi, self.pc, self.n = seed, process_index, process_count, 0
 
   def __iter__(self):
@@ -92,8 +116,12 @@ class SyntheticIterator:
     labels = np.where(weights > 0, rng.integers(5, self.vocab, size=(b, p)), 0).astype(np.int32)
     batch = {"input_ids": ids, "input_mask": mask, "segment_ids": seg,
              "masked_lm_positions": positions, "masked_lm_ids": labels,
-             "masked_lm_weights": weights,
-             "next_sentence_labels": rng.integers(0, 2, size=b).astype(np.int32)}
+             "masked_lm_weights": weights}
+    if self.nsp:
+      batch["next_sentence_labels"] = rng.integers(0, 2, size=b).astype(np.int32)
+    else:  # packed-row layout: one document per row, positions 0..S-1
+      batch["segment_ids"] = np.zeros_like(seg)
+      batch["position_ids"] = np.broadcast_to(pos, (b, s)).astype(np.int32)
     rows = slice(self.pi * b // self.pc, (self.pi + 1) * b // self.pc)
     return {k: v[rows] for k, v in batch.items()}
 
@@ -104,14 +132,32 @@ class SyntheticIterator:
     self.n = int(state["batches_read"])
 
 
+def mlm_sums(mlm_logits, batch) -> dict:
+  """MLM-only metrics (x, x_weight) over the masked positions; mlm_logits [B, P, V]."""
+  w = batch["masked_lm_weights"]                                          # [B, P]
+  loss, n = weighted_cross_entropy(mlm_logits, batch["masked_lm_ids"], w)
+  acc, _ = weighted_accuracy(mlm_logits, batch["masked_lm_ids"], w)
+  return {"mlm_loss": loss, "mlm_loss_weight": n, "mlm_acc": acc, "mlm_acc_weight": n}
+
+
+def mlm_denominators(batch) -> dict:
+  return {"mlm": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32))}
+
+
 def make_loss_fn(model):
-  """(params, batch, dropout_rng | None, denominators=None) -> (loss, metric sums)."""
+  """(params, batch, dropout_rng | None, denominators=None) -> (loss, metric sums).
+  The NSP term exists when the model has its NSP head (model.nsp)."""
 
   def loss_fn(params, batch, rng, denominators=None):
     mlm_logits, nsp_logits = model.apply(
         {"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
         batch["masked_lm_positions"], deterministic=rng is None,
-        rngs={"dropout": rng} if rng is not None else {})        # [B, P, V], [B, 2]
+        rngs={"dropout": rng} if rng is not None else {},
+        position_ids=batch.get("position_ids"))                  # [B, P, V], [B, 2] | None
+    if not model.nsp:
+      sums = mlm_sums(mlm_logits, batch)
+      den = denominators if denominators is not None else mlm_denominators(batch)
+      return sums["mlm_loss"] / jnp.maximum(den["mlm"], 1e-9), sums
     sums = pretraining_sums(mlm_logits, nsp_logits, batch)
     den = denominators if denominators is not None else pretraining_denominators(batch)
     loss = (sums["mlm_loss"] / jnp.maximum(den["mlm"], 1e-9)
@@ -119,6 +165,16 @@ def make_loss_fn(model):
     return loss, sums
 
   return loss_fn
+
+
+def mlm_baseline(batches) -> float:
+  """Accuracy of always predicting the most frequent masked token of these batches: the best
+  constant guess on that very text (what a model that learned only token frequencies gets)."""
+  labels = np.concatenate([b["masked_lm_ids"][b["masked_lm_weights"] > 0] for b in batches]
+                          + [np.zeros(0, np.int32)])
+  if labels.size == 0:
+    return float("nan")
+  return float(np.bincount(labels).max() / labels.size)
 
 
 def _check_paths(cfg) -> None:
@@ -209,13 +265,17 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
             + f"\n[pretrain] corpus ready in {time.time() - t0:.0f}s; compiling the train step "
             f"(first step)...", flush=True)
 
-    def iterator(split, phase, seed, num_epochs=None):
+    def iterator(split, phase, seed, num_epochs=None, evaluation=False):
       b, s, p = phase_shapes(cfg, phase)
+      rates = (dict(masked_lm_prob=d.eval_masked_lm_prob) if evaluation else
+               dict(masked_lm_prob=d.masked_lm_prob, masked_lm_prob_end=d.masked_lm_prob_end,
+                    schedule_steps=t.num_steps, step_offset=t.phase2_start if phase else 0))
       return make_pretrain_iterator(
           prepared, split, global_batch_size=b, max_seq_length=s, max_predictions_per_seq=p,
-          masked_lm_prob=d.masked_lm_prob, short_seq_prob=d.short_seq_prob,
-          whole_word_masking=d.whole_word_masking, seed=seed, process_index=pi,
-          process_count=pc, num_workers=d.num_workers, num_epochs=num_epochs)
+          short_seq_prob=d.short_seq_prob, whole_word_masking=d.whole_word_masking, seed=seed,
+          process_index=pi, process_count=pc, num_workers=d.num_workers, num_epochs=num_epochs,
+          objective=d.objective, cross_document_attention=d.cross_document_attention,
+          mask_token_prob=d.mask_token_prob, random_token_prob=d.random_token_prob, **rates)
 
     train_iter = iterator("train", 0, d.seed)
     phase2 = lambda: iterator("train", 1, d.seed + 1)
@@ -226,7 +286,7 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
           print(f"[pretrain] {prepared} has no held-out documents (data.heldout_fraction="
                 f"{d.heldout_fraction}): evaluation skipped", flush=True)
         return []
-      it = iterator("heldout", 0, d.seed + 2)
+      it = iterator("heldout", 0, d.seed + 2, evaluation=True)
       out = []
       for _ in range(t.eval_batches):
         try:
@@ -235,12 +295,13 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
           break
       return out
 
-  model = BertForPreTraining(cfg.model)
+  model = BertForPreTraining(cfg.model, nsp=uses_nsp(cfg))
   loss_fn = make_loss_fn(model)
 
   def init_params(rng, batch):
     return model.init(rng, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
-                      batch["masked_lm_positions"], deterministic=True)["params"]
+                      batch["masked_lm_positions"], deterministic=True,
+                      position_ids=batch.get("position_ids"))["params"]
 
   def eval_metrics_fn(params, batch):
     return loss_fn(params, batch, None)[1]
@@ -251,7 +312,8 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
 
   return TrainTask(
       name="pretrain", model=model, init_params=init_params, loss_fn=loss_fn,
-      train_iter=train_iter, loss_denominators=pretraining_denominators,
+      train_iter=train_iter,
+      loss_denominators=pretraining_denominators if uses_nsp(cfg) else mlm_denominators,
       eval_batches=eval_batches, eval_metrics_fn=eval_metrics_fn,
       make_phase2_iter=phase2 if t.phase2_start else None, flops_per_step=flops,
       load_pretrained=_warm_start(init_from) if init_from else None,
@@ -271,13 +333,18 @@ def format_summary(summary: dict, export_dir: Optional[str]) -> str:
   if summary["stopped"]:
     lines.append(f"  stopped by {summary['stopped']}; run the same command again to resume")
   if tr:
+    nsp = f"NSP acc {tr['nsp_acc']:.3f}  " if "nsp_acc" in tr else ""
     lines.append(f"  train     loss {tr['loss']:.3f}  MLM acc {tr.get('mlm_acc', 0):.3f}  "
-                 f"NSP acc {tr.get('nsp_acc', 0):.3f}  ({tr.get('seq_per_s', 0):.1f} seq/s)")
+                 f"{nsp}({tr.get('seq_per_s', 0):.1f} seq/s)")
   if ev:
-    lines.append(f"  held-out  MLM loss {ev.get('eval_mlm_loss', float('nan')):.3f}  "
-                 f"MLM acc {ev.get('eval_mlm_acc', float('nan')):.3f}  "
-                 f"NSP loss {ev.get('eval_nsp_loss', float('nan')):.3f}  "
-                 f"NSP acc {ev.get('eval_nsp_acc', float('nan')):.3f}")
+    line = (f"  held-out  MLM loss {ev.get('eval_mlm_loss', float('nan')):.3f}  "
+            f"MLM acc {ev.get('eval_mlm_acc', float('nan')):.3f}")
+    if "mlm_baseline" in summary:
+      line += f" (most-frequent-token baseline {summary['mlm_baseline']:.3f})"
+    if "eval_nsp_acc" in ev:
+      line += (f"  NSP loss {ev['eval_nsp_loss']:.3f}  NSP acc {ev['eval_nsp_acc']:.3f} "
+               f"(chance 0.500)")
+    lines.append(line)
   lines.append(f"  checkpoint  {summary['checkpoint']}")
   if export_dir:
     lines.append(f"  exported    {export_dir}  (fine-tune: bertjax finetune --init {export_dir})")
@@ -288,13 +355,90 @@ def format_summary(summary: dict, export_dir: Optional[str]) -> str:
   return "\n".join(lines)
 
 
+BUDGET_FILE = "budget.json"
+
+
+def measure_step_seconds(cfg, steps: int = 6) -> float:
+  """Seconds per train step of this config on these devices (synthetic batches, after the
+  compile): what budget_minutes divides by."""
+  step, state, next_batch, _ = benchmark_setup(cfg)
+  batches = [next_batch() for _ in range(2)]
+  state, m = step(state, batches[0])
+  jax.block_until_ready(m)                                  # the compile is not a train step
+  t0 = time.perf_counter()
+  for i in range(steps):
+    state, m = step(state, batches[i % 2])
+  jax.block_until_ready(m)
+  return (time.perf_counter() - t0) / steps
+
+
+def resolve_budget(cfg, workdir: str, measure=measure_step_seconds) -> Optional[dict]:
+  """Set train.num_steps from train.budget_tokens / budget_minutes (no budget: nothing).
+
+  The first run resolves it (minutes: from a measured step time, on process 0) and writes
+  WORKDIR/budget.json; a later run of the workdir with the same budget reads num_steps back,
+  so a resume keeps its schedules even on a faster or slower machine. Tokens count the
+  phase-1 token slots of a step (global batch x S). Returns the budget record."""
+  from bertjax.optim import budget_steps
+  t = cfg.train
+  if not (t.budget_tokens > 0 or t.budget_minutes > 0):
+    return None
+  b, s, _ = phase_shapes(cfg, 0)
+  key = {"budget_tokens": int(t.budget_tokens), "budget_minutes": float(t.budget_minutes),
+         "global_batch_size": b, "max_seq_length": s}
+  path = os.path.join(workdir, BUDGET_FILE)
+  is_main = jax.process_index() == 0
+  if os.path.isfile(path):
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+      same, steps = saved["budget"] == key, int(saved["num_steps"])
+    except (ValueError, KeyError, TypeError):
+      raise UserError(f"{path}: not a budget record written by bertjax (delete it to resolve "
+                      "the budget again)") from None
+    if same:
+      t.num_steps = steps
+      return saved
+    if is_main:
+      print(f"[pretrain] the budget changed since {path} ({saved['budget']} -> {key}); "
+            "resolving it again: the schedules change length", flush=True)
+  seconds = None
+  if t.budget_minutes > 0:
+    seconds = measure(cfg) if is_main else 0.0
+    if jax.process_count() > 1:  # every host must run the same number of steps
+      from jax.experimental import multihost_utils
+      seconds = float(multihost_utils.broadcast_one_to_all(np.float64(seconds)))
+  record = {"budget": key, "num_steps": budget_steps(t, b * s, seconds),
+            "step_seconds": seconds}
+  t.num_steps = record["num_steps"]
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
+    how = (f"{t.budget_tokens} tokens / {b * s} per step" if t.budget_tokens > 0 else
+           f"{t.budget_minutes} min / {seconds:.3f} s per step")
+    print(f"[pretrain] budget: {how} -> train.num_steps={t.num_steps} (kept in {path})",
+          flush=True)
+  return record
+
+
 def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool = False,
                     export: bool = True, progress: bool = True) -> dict:
   """`bertjax pretrain`: prepare, train (resuming), export, summarise. Returns the summary."""
   from bertjax import checkpoint
   from bertjax.train.loop import train
+  if not synthetic:  # paths checked and vocab_size known before a budget compiles a step
+    from bertjax.data.tokenizer import load_tokenizer
+    _check_paths(cfg)
+    set_vocab_from_tokenizer(cfg, load_tokenizer(cfg.data.tokenizer,
+                                                 cfg.data.do_lower_case).vocab_size)
+  budget = resolve_budget(cfg, workdir)
   task = pretrain_task(cfg, workdir, synthetic=synthetic, init_from=init_from)
   summary = train(task, cfg, workdir, progress=progress)
+  summary["budget"] = budget
+  if task.eval_batches is not None and summary["eval"]:
+    summary["mlm_baseline"] = mlm_baseline(list(task.eval_batches()))
   export_dir = None
   if export and not summary["stopped"] and not synthetic:
     if jax.process_count() == 1:
