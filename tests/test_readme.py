@@ -103,6 +103,10 @@ def test_every_readme_command_names_real_things():
         assert w[1] == ".venv/bin/activate", cmd   # what `make venv` creates
       elif w[0] == "bertjax":
         _check_bertjax(cmd, w)
+      elif w[0] == "hf":   # huggingface_hub's CLI, for fetching a checkpoint
+        hf = os.path.join(os.path.dirname(sys.executable), "hf")
+        assert w[1] == "download" and subprocess.run([hf, "download", "--help"],
+                                                     capture_output=True).returncode == 0, cmd
       else:
         assert w[0] in SHELL_WORDS, f"README runs {w[0]!r}; teach tests/test_readme.py about it"
   assert seen >= 15
@@ -115,6 +119,8 @@ SKIP = {
     "make venv": "the test already runs inside the environment",
     "source .venv/bin/activate": "the test puts the environment's bin/ first on PATH",
 }
+# Commands that need the network: not run; what they fetch is put in place by the test.
+OFFLINE = (r"^hf download ",)
 # Whole-command rewrites (regex -> replacement), applied before the flag mapping below.
 REWRITE = [
     (r"^make pretrain$", "bertjax pretrain --config configs/pretrain_demo.py --workdir runs/demo"),
@@ -128,12 +134,13 @@ PRETRAIN_SET = {"train.num_steps": "2", "train.global_batch_size": "8", "train.p
                 "optim.warmup_steps": "1", "train.eval_batches": "1", "train.log_every": "1"}
 FINETUNE_SET = {"finetune.max_train_examples": "16", "finetune.max_eval_examples": "16",
                 "train.global_batch_size": "8", "finetune.num_epochs": "1.0",
-                "finetune.predict_test": "false"}
+                "finetune.predict_test": "false", "finetune.max_seq_length": "128",
+                "finetune.max_query_length": "32", "finetune.doc_stride": "32"}
 
 
 def smoke(cmd: str) -> str | None:
   """The command as the smoke test runs it, or None when it is skipped."""
-  if cmd in SKIP:
+  if cmd in SKIP or any(re.match(p, cmd) for p in OFFLINE):
     return None
   for pattern, repl in REWRITE:
     cmd = re.sub(pattern, repl, cmd)
@@ -160,6 +167,7 @@ def smoke(cmd: str) -> str | None:
 
 def test_smoke_mapping_keeps_commands_and_shrinks_runs():
   assert smoke("make test") is None
+  assert smoke("hf download google-bert/bert-base-uncased --local-dir hf/x") is None
   assert smoke("bertjax pretrain --config c.py --workdir w --config.train.num_steps=1000 &") == (
       "bertjax pretrain --config c.py --workdir w --config.train.num_steps=4"
       " --config.train.global_batch_size=8 --config.train.phase2_start=0"
@@ -173,13 +181,8 @@ def test_smoke_mapping_keeps_commands_and_shrinks_runs():
 # ---------------------------------------------------------------------------- tiny fixtures
 def _fixtures(root: pathlib.Path) -> None:
   """The user's data the README points at, in miniature."""
-  (root / "my_corpus").mkdir()
-  for name in ("gutenberg_carroll-alice.txt", "bert_sample_text.txt"):
-    shutil.copy(REPO / "data" / "corpus" / name, root / "my_corpus" / name)
-  for i in range(2):   # short documents: BERT's one-sentence-per-line format
-    (root / "my_corpus" / f"notes{i}.txt").write_text(
-        "The river rose in the night.\nBy morning the bridge was gone.\n\n"
-        "Tea was served at four.\nNobody came.\n", encoding="utf-8")
+  # "Your corpus": the bundled one (enough documents for data.heldout_fraction to hold some out).
+  shutil.copytree(REPO / "data" / "corpus", root / "my_corpus")
   good = ["a fine and moving film", "the best acting of the year", "warm , funny and wise"]
   bad = ["a dull and empty film", "the plot makes no sense", "tedious from start to end"]
   rows = [(s, 1) for s in good] + [(s, 0) for s in bad]
@@ -232,7 +235,7 @@ def test_readme_blocks_run(tmp_path):
     (tmp_path / name).symlink_to(REPO / name)
   (tmp_path / "runs").mkdir()
   (tmp_path / "hf").mkdir()
-  (tmp_path / "hf" / "bert-base-uncased").symlink_to(hf)
+  (tmp_path / "hf" / "bert-base-uncased").symlink_to(hf)   # what `hf download` would fetch
   _fixtures(tmp_path)
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}   # one real CPU device
   env.update(PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
