@@ -257,7 +257,7 @@ def test_readme_blocks_run(tmp_path):
   for path in ("demo/export/bundle.json", "mini/export", "demo-hf/config.json",
                "bert-base-bundle/params.safetensors", "sst2/eval_results.json",
                "mrpc/eval_results.json", "ner/eval_results.json", "squad/eval_results.json",
-               "features/features.json", "two-hosts/export"):
+               "features/features.json", "two-hosts-bundle/bundle.json"):
     assert (runs / path).exists(), f"runs/{path} missing after the README's blocks"
   steps = [json.loads(l)["step"] for l in (runs / "demo" / "metrics.jsonl").read_text().splitlines()]
   assert max(steps) == 4   # "train longer" resumed the demo and went past its first 2 steps
