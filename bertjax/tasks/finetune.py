@@ -327,6 +327,8 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
     raise UserError(f"--config.finetune.pooling={f.pooling!r}: use one of {', '.join(POOLINGS)}")
 
   encoder_params, tok_path, lower = load_init(cfg)
+  with cfg.unlocked():
+    cfg.data.tokenizer = tok_path  # the checkpoint records and copies the tokenizer in use
   tok = tokenizer or load_tokenizer(tok_path, lower)
   if tok.vocab_size > cfg.model.vocab_size:
     raise UserError(f"tokenizer {tok_path} has {tok.vocab_size} tokens but model.vocab_size="
