@@ -130,12 +130,19 @@ REWRITE = [
 # Fine-tuning starts from the tiny model the demo exported instead of BERT-base.
 FINETUNE_INIT = ("--init hf/bert-base-uncased", "--init runs/demo/export")
 # Flags set (replacing the README's value, or added) on every pretrain / finetune command.
+# Keys this version of the config lacks are left out (see _known).
 PRETRAIN_SET = {"train.num_steps": "2", "train.global_batch_size": "8", "train.phase2_start": "0",
-                "optim.warmup_steps": "1", "train.eval_batches": "1", "train.log_every": "1"}
+                "optim.warmup_steps": "1", "train.eval_batches": "1", "train.log_every": "1",
+                "train.budget_minutes": "0", "train.budget_tokens": "0"}
 FINETUNE_SET = {"finetune.max_train_examples": "16", "finetune.max_eval_examples": "16",
                 "train.global_batch_size": "8", "finetune.num_epochs": "1.0",
                 "finetune.predict_test": "false", "finetune.max_seq_length": "128",
                 "finetune.max_query_length": "32", "finetune.doc_stride": "32"}
+
+
+def _known() -> set[str]:
+  from bertjax.config import _all_keys, base_config
+  return set(_all_keys(base_config()))
 
 
 def smoke(cmd: str) -> str | None:
@@ -151,7 +158,8 @@ def smoke(cmd: str) -> str | None:
   cmd = cmd.rstrip().removesuffix("&").rstrip()
   if w[1] == "finetune":
     cmd = cmd.replace(*FINETUNE_INIT)
-  values = dict(PRETRAIN_SET if w[1] == "pretrain" else FINETUNE_SET)
+  values = {k: v for k, v in (PRETRAIN_SET if w[1] == "pretrain" else FINETUNE_SET).items()
+            if k in _known()}
   if w[1] == "pretrain" and "--config.train.num_steps=" in cmd:
     values["train.num_steps"] = "4"   # "train longer": past the first run's 2 steps
   for key, value in values.items():
@@ -172,7 +180,9 @@ def test_smoke_mapping_keeps_commands_and_shrinks_runs():
       "bertjax pretrain --config c.py --workdir w --config.train.num_steps=4"
       " --config.train.global_batch_size=8 --config.train.phase2_start=0"
       " --config.optim.warmup_steps=1 --config.train.eval_batches=1 --config.train.log_every=1"
-      " --no-progress &")
+      + "".join(f" --config.{k}=0" for k in ("train.budget_minutes", "train.budget_tokens")
+                if k in _known())
+      + " --no-progress &")
   ft = smoke("bertjax finetune --task sst2 --init hf/bert-base-uncased --workdir w")
   assert "--init runs/demo/export" in ft and "--config.finetune.max_train_examples=16" in ft
   assert smoke("bertjax export a b") == "bertjax export a b"
