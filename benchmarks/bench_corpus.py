@@ -20,8 +20,9 @@ Run (about 10 CPU-minutes at 1 GB; the corpus and prepared dirs go under BENCH_D
 repo): `nice -n 15 .venv/bin/python -m benchmarks.run corpus`
 Environment: BERTJAX_CORPUS_BENCH_DIR (default /tmp/bertjax_corpus_bench),
 BERTJAX_CORPUS_BENCH_MB (1024), BERTJAX_CORPUS_BENCH_SMALL_MB (100), BERTJAX_CORPUS_BENCH_OTHER_MB
-(30: the other formats, WordPiece and the tokenizer-alone rows), BERTJAX_CORPUS_BENCH_WORKERS (2).
-Each measurement is kept under BENCH_DIR/measured for the commit, so a run cut short resumes.
+(30: the other formats, WordPiece and the tokenizer-alone rows), BERTJAX_CORPUS_BENCH_WORKERS (2),
+BERTJAX_CORPUS_BENCH_REMEASURE (names of kept measurements to take again, comma-separated).
+Each measurement is kept under BENCH_DIR/measured with its commit, so a run cut short resumes.
 """
 from __future__ import annotations
 
@@ -307,14 +308,17 @@ def run(out_dir: str) -> dict:
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, cwd=REPO).stdout.strip()
 
+  remeasure = set(filter(None, _env("REMEASURE", "").split(",")))
+
   def once(name, fn):
-    """A measurement kept under BENCH_DIR/measured for this commit: a run cut short (a shared
-    machine, a deadline) goes on where it stopped instead of paying for the 1 GB part again."""
+    """A measurement kept under BENCH_DIR/measured with the commit it ran at (shown per row):
+    a run cut short (a shared machine, a deadline) goes on where it stopped instead of paying
+    for the 1 GB part again; REMEASURE=name,... measures those again at this commit."""
     path = os.path.join(bench, "measured", f"{name}.json")
-    if os.path.isfile(path):
+    if os.path.isfile(path) and name not in remeasure:
       with open(path) as f:
         r = json.load(f)
-      if r.get("commit") == commit and r.get("workers") == workers:
+      if r.get("workers") == workers:
         return r
     r = dict(fn(), commit=commit, workers=workers,
              measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -384,7 +388,7 @@ def run(out_dir: str) -> dict:
             f"{r['mb_per_s']:.2f} | {r['wall_s']:.0f} | {r['parent_peak_rss_mb']:.0f} | "
             f"{r['worker_peak_rss_mb']:.0f} | "
             f"{r['splits']['train']['shards'] + r['splits']['heldout']['shards']} | "
-            f"{r['shard_mb']:,.0f} |")
+            f"{r['shard_mb']:,.0f} | {r['commit']} |")
   md = "\n".join([
       f"Corpus: {len(base):,} records of about {RECORD_CHARS:,} characters cut from `{src}`, "
       "repeated with a marker sentence per copy's record; files of at most "
@@ -402,8 +406,8 @@ def run(out_dir: str) -> dict:
       f"{other_mb} MB of text.",
       "", "| format | size MB | tokenizer | files | file MB | records | train tokens | "
       "MB/CPU-s | vs `tokenizers` | vs tokenizer alone | parent CPU share | MB/s wall | wall s | "
-      "peak RSS parent MB | peak RSS worker MB | shards | shards MB |",
-      "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+      "peak RSS parent MB | peak RSS worker MB | shards | shards MB | commit |",
+      "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
       *[row(r) for r in rows], "",
       f"Peak RSS at {big:,} MB over {small} MB (Parquet): parent {rss_parent:.2f}x, worker "
       f"{rss_worker:.2f}x.", "",
@@ -423,8 +427,10 @@ def run(out_dir: str) -> dict:
       f"{pipe['peak_rss_mb']:.0f} MB.",
       "", f"Command: `nice -n 15 .venv/bin/python -m benchmarks.run corpus` (BENCH_DIR={bench}, "
       f"MB={big}, SMALL_MB={small}, OTHER_MB={other_mb}, WORKERS={workers}); corpora written "
-      f"in {build_s:.0f} s. Measured at commit {commit}, "
-      f"{min(r['measured_at'] for r in rows)} to {pipe['measured_at']}.",
+      f"in {build_s:.0f} s (near 0: kept under BENCH_DIR from an earlier run). Measured {min(r['measured_at'] for r in rows)} to "
+      f"{max(r['measured_at'] for r in rows + [pipe, ceil_uni, ceil_spm, ceil_wp])} at the "
+      "commits shown per row (pipeline and tokenizer rows: "
+      f"{pipe['commit']}, {ceil_uni['commit']}).",
   ])
   return {"title": "Corpus preparation at scale: record formats, bounded memory",
           "markdown": md, "data": data}

