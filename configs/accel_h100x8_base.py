@@ -7,7 +7,7 @@ The BERT recipe (batch 256, 1M steps, 90% at S=128 / P=20, 10% at S=512 / P=80) 
 accelerator settings: bfloat16 matmuls accumulating in f32 (params, Adam moments, softmax and
 LayerNorm stay f32), cuDNN flash attention for evaluation. 32 sequences per GPU fit 80 GB at
 S=512 without rematerialisation. tests/test_aot.py compiles this step for the 8-device mesh.
-Expected throughput: README "Accelerators, on paper".
+Expected throughput: docs/performance.md, "Accelerators, on paper".
 """
 from bertjax.config import base_config, model_config
 

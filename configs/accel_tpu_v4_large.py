@@ -6,7 +6,7 @@ Run (on every host of the slice, same command):
 The BERT recipe (batch 256, 1M steps, 90% at S=128 / P=20, 10% at S=512 / P=80): 16 sequences
 per chip. Parameters and Adam moments are sharded over a 2-way fsdp axis (ZeRO-3 style: 5.4 GB
 of f32 state becomes 2.7 GB per chip) to leave room for S=512 activations without remat.
-Expected throughput: README "Accelerators, on paper".
+Expected throughput: docs/performance.md, "Accelerators, on paper".
 """
 from bertjax.config import base_config, model_config
 

@@ -6,7 +6,7 @@ Run (on every host of the slice, same command):
 The BERT recipe (batch 256, 1M steps, 90% at S=128 / P=20, 10% at S=512 / P=80): 8 sequences
 per chip, which keeps the S=512 phase inside 16 GB without rematerialisation. bfloat16 matmuls
 accumulate in f32 on the MXU; params, Adam moments, softmax and LayerNorm stay f32.
-Expected throughput: README "Accelerators, on paper".
+Expected throughput: docs/performance.md, "Accelerators, on paper".
 """
 from bertjax.config import base_config, model_config
 

@@ -1,6 +1,6 @@
 """BERT-Mini pretrained on ../shared/data/corpus: the checkpoint of the transfer experiment.
 
-The README's "Transfer is real" row fine-tunes this model on SST-2 and compares it with the
+The transfer rows of docs/results.md fine-tune this model on SST-2 and compare it with the
 same architecture from random initialisation (benchmarks/transfer_sst2.py). Run:
   bertjax tokenizer train --input "$S/nltk_gutenberg/*.txt,$S/nltk_inaugural/*.txt,\
 $S/nltk_state_union/*.txt,$S/wikitext-2/*.tokens,$S/bert_sample_text/*.txt" \

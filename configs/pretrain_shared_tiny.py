@@ -1,6 +1,6 @@
 """BERT-Tiny pretrained on ../shared/data/corpus: the checkpoint of the transfer experiment.
 
-The README's "Transfer is real" row fine-tunes this model on SST-2 and compares it with the
+The transfer rows of docs/results.md fine-tune this model on SST-2 and compare it with the
 same architecture from random initialisation (benchmarks/transfer_sst2.py). Run:
   S=../shared/data/corpus
   bertjax tokenizer train --input "$S/nltk_gutenberg/*.txt,$S/nltk_inaugural/*.txt,\
@@ -9,8 +9,8 @@ $S/nltk_state_union/*.txt,$S/wikitext-2/*.tokens,$S/bert_sample_text/*.txt" \
   bertjax pretrain --config configs/pretrain_shared_tiny.py --workdir runs/transfer/tiny
 
 Budget: L=2/H=128/A=2 (BERT-Tiny), S=64 / P=10, batch 64, bf16 compute, 24,000 steps (1.54M
-sequences; 85 min on the 2-core machine). The checkpoint in the README ran its first 5,639 steps
-under num_steps=8,000 (session 2, stopped by SIGTERM) and was resumed with num_steps=24,000
+sequences; 85 min on the 2-core machine). The checkpoint in docs/results.md ran its first 5,639 steps
+under num_steps=8,000 (stopped by SIGTERM on 2026-11-25) and was resumed with num_steps=24,000
 (the linear decay re-spread over the longer run; lr 3.1e-4 -> 7.8e-4 at the resume). Short sequences
 because a CPU budget buys many more steps at S=64, and the model must get past MLM's
 "unigram plateau" (predicting frequent words whatever the context) before it transfers:
