@@ -87,7 +87,11 @@ def _train(model, tensors: dict, args, log):
   t0 = time.time()
   for step, idx in enumerate(_order(n, steps, args.batch, args.seed), 1):
     idx = torch.as_tensor(idx)
-    out = model(**{k: v[idx] for k, v in tensors.items()})
+    batch = {k: v[idx] for k, v in tensors.items()}
+    if getattr(args, "dynamic_padding", False):  # transformers' default collator: pad to longest
+      width = int(batch["attention_mask"].sum(1).max())
+      batch = {k: v[:, :width] if v.ndim == 2 else v for k, v in batch.items()}
+    out = model(**batch)
     out.loss.backward()
     losses.append(out.loss.item())
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -146,7 +150,11 @@ def peer_classification(args, log) -> dict:
   preds = []
   with torch.no_grad():
     for i in range(0, len(y), 64):
-      preds.append(model(**{k: v[i:i + 64] for k, v in enc.items()}).logits.argmax(-1).numpy())
+      chunk = {k: v[i:i + 64] for k, v in enc.items()}
+      if args.dynamic_padding:
+        width = int(chunk["attention_mask"].sum(1).max())
+        chunk = {k: v[:, :width] for k, v in chunk.items()}
+      preds.append(model(**chunk).logits.argmax(-1).numpy())
   preds = np.concatenate(preds)
   dev_predictions = [labels[i] for i in preds]
   result = {"accuracy": 100 * metrics.accuracy(preds, y), "f1": 100 * metrics.f1_binary(preds, y),
@@ -331,6 +339,9 @@ def main(argv=None) -> int:
   p.add_argument("--n-best", type=int, default=20)
   p.add_argument("--max-answer-length", type=int, default=30)
   p.add_argument("--threads", type=int, default=0, help="peer torch threads (0 = default)")
+  p.add_argument("--dynamic-padding", action="store_true",
+                 help="peer (classification): each batch padded to its longest row, as "
+                      "transformers' DataCollatorWithPadding, instead of to --seq")
   p.add_argument("--deterministic", action="store_true",
                  help="both sides without dropout and with a zero-initialised head: no random "
                       "draw left, so the two runs differ only by arithmetic")

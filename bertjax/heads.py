@@ -9,6 +9,11 @@ Shapes: B = batch, S = sequence, H = hidden, C = labels. As in Hugging Face's Be
   regression:     dropout(pooled [B, H]) -> Dense(1)          -> scores [B]
   tagging:        dropout(sequence [B, S, H]) -> Dense(C)     -> logits [B, S, C]
   span (QA):      sequence [B, S, H] -> Dense(2)              -> start, end logits [B, S] each
+Packed rows (bertjax.tasks.batching, finetune.batching=pack) hold several examples each: the
+encoder gets position_ids that restart per example and input_mask example ids (block-diagonal
+attention); sentence heads then read K slots per row (cls_positions [B, K]): each example's own
+[CLS] (through the same pooler) or the mean over its own tokens -> logits [B, K, C] / scores
+[B, K]. Token and span heads read every token as before.
 Heads compute in the config's dtype and return float32. The encoder sits under "bert" and the
 head under "classifier" (span: "qa_outputs"), so a pretrained encoder drops in at params["bert"]
 and a frozen-encoder predicate is `path[0] == "bert"`.
@@ -21,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bertjax.model import BertEncoder, Dense
+from bertjax.model import BertEncoder, Dense, add_bias, dtype_of, matmul
 
 Array = jax.Array
 POOLINGS = ("pooler", "cls", "mean")
@@ -39,6 +44,29 @@ def pool(seq: Array, pooler: Array, input_mask: Array, pooling: str) -> Array:
   raise ValueError(f"unknown pooling {pooling!r}")
 
 
+def pool_packed(seq: Array, input_mask: Array, cls_positions: Array, pooling: str,
+                pooler_params: dict, config) -> Array:
+  """Each packed example's vector: [B, S, H], [B, S] ids, [B, K] -> [B, K, H] float32.
+
+  pooler: BERT's pooler tanh(W h_CLS + b) on each example's own [CLS] (the encoder's pooler
+  weights, computed as its Dense does); cls: h_CLS; mean: the mean over the tokens whose
+  input_mask is the slot's example id (k + 1). Empty slots give finite values (weight 0)."""
+  if pooling == "mean":
+    ids = jnp.arange(1, cls_positions.shape[1] + 1)                             # [K]
+    onehot = (input_mask[:, :, None] == ids).astype(jnp.float32)               # [B, S, K]
+    total = jnp.einsum("bsk,bsh->bkh", onehot, seq.astype(jnp.float32),
+                       precision=jax.lax.Precision.HIGHEST)                   # [B, K, H]
+    return total / jnp.maximum(onehot.sum(1), 1.0)[..., None]
+  cls = jnp.take_along_axis(seq, cls_positions[..., None], axis=1)            # [B, K, H]
+  if pooling == "cls":
+    return cls.astype(jnp.float32)
+  if pooling == "pooler":
+    y = add_bias(matmul("bkh,hn->bkn", cls, pooler_params["kernel"], config),
+                 pooler_params["bias"])                                        # [B, K, H]
+    return jnp.tanh(y.astype(dtype_of(config)).astype(jnp.float32))
+  raise ValueError(f"unknown pooling {pooling!r}")
+
+
 class ClassificationHead(nn.Module):
   """[CLS]-pooled vector -> C logits (C = 1: a regression score)."""
   num_labels: int
@@ -47,8 +75,8 @@ class ClassificationHead(nn.Module):
   @nn.compact
   def __call__(self, pooled: Array, deterministic: bool) -> Array:
     x = nn.Dropout(self.config.hidden_dropout_prob)(pooled, deterministic=deterministic)
-    logits = Dense(self.num_labels, self.config, name="dense")(x).astype(jnp.float32)  # [B, C]
-    return logits[:, 0] if self.num_labels == 1 else logits                          # [B] | [B, C]
+    logits = Dense(self.num_labels, self.config, name="dense")(x).astype(jnp.float32)  # [.., C]
+    return logits[..., 0] if self.num_labels == 1 else logits                 # [..] | [.., C]
 
 
 class TokenClassificationHead(nn.Module):
@@ -81,16 +109,23 @@ class FineTuneModel(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: Array, segment_ids: Array, input_mask: Array,
-               deterministic: bool = True):
+               deterministic: bool = True, position_ids: Array | None = None,
+               cls_positions: Array | None = None):
+    """cls_positions [B, K] (packed rows): sentence heads score each row's K examples."""
     c = self.config
-    seq, pooled = BertEncoder(c, name="bert")(input_ids, segment_ids, input_mask,
-                                              deterministic)              # [B, S, H], [B, H]
+    encoder = BertEncoder(c, name="bert")
+    seq, pooled = encoder(input_ids, segment_ids, input_mask, deterministic,
+                          position_ids=position_ids)                      # [B, S, H], [B, H]
     if self.family in ("classification", "regression"):
-      pooled = pool(seq, pooled, input_mask, self.pooling)                             # [B, H]
+      if cls_positions is None:
+        pooled = pool(seq, pooled, input_mask, self.pooling)                           # [B, H]
+      else:
+        pooled = pool_packed(seq, input_mask, cls_positions, self.pooling,
+                             encoder.variables["params"]["pooler"], c)             # [B, K, H]
     if self.family == "classification":
       return ClassificationHead(self.num_labels, c, name="classifier")(pooled, deterministic)
     if self.family == "regression":
-      return ClassificationHead(1, c, name="classifier")(pooled, deterministic)       # [B]
+      return ClassificationHead(1, c, name="classifier")(pooled, deterministic)  # [B] | [B, K]
     if self.family == "tagging":
       return TokenClassificationHead(self.num_labels, c, name="classifier")(seq, deterministic)
     if self.family == "span":

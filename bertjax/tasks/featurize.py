@@ -1,11 +1,12 @@
-"""Shared featurizing pieces: sequence packing, word pieces with character spans, batching.
+"""Shared featurizing pieces: sequence packing, word pieces with character spans, the training
+example order (batch layouts: bertjax.tasks.batching).
 
 Works with any `bertjax.data.tokenizer.Tokenizer` (encode without special tokens, the special
 ids, id_to_token). Numpy only: the arrays become the trainer's batches.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -117,6 +118,11 @@ class BatchIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
+    idx = self.next_indices()[self._rows]                           # this process's rows
+    return {k: v[idx] for k, v in self.arrays.items()}
+
+  def next_indices(self) -> np.ndarray:
+    """The next global batch's example indices [batch_size] (every process gets the same)."""
     parts, need = [], self.batch_size
     while need:
       take = self._permutation()[self.pos:self.pos + need]
@@ -125,8 +131,7 @@ class BatchIterator:
       self.pos += len(take)
       if self.pos >= self.n:
         self.epoch, self.pos = self.epoch + 1, 0
-    idx = np.concatenate(parts)[self._rows]                       # this process's rows
-    return {k: v[idx] for k, v in self.arrays.items()}
+    return np.concatenate(parts)
 
   def get_state(self) -> dict:
     return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed}
@@ -136,17 +141,3 @@ class BatchIterator:
     self.seed = int(state.get("seed", self.seed))
     self._perm = None
 
-
-def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[tuple[dict, int]]:
-  """Fixed-shape batches in order; the last is padded by repeating row 0. Yields (batch, n_real)."""
-  n = len(next(iter(arrays.values())))
-  for i in range(0, n, batch_size):
-    j = min(i + batch_size, n)
-    batch = {}
-    for k, v in arrays.items():
-      chunk = v[i:j]
-      if j - i < batch_size:
-        pad = np.repeat(v[:1], batch_size - (j - i), axis=0)
-        chunk = np.concatenate([chunk, pad])
-      batch[k] = chunk
-    yield batch, j - i

@@ -9,6 +9,12 @@
 train.eval_every from finetune.num_epochs / warmup_proportion / eval_every. Evaluation runs on
 the host (`eval_fn`): the forward pass is jitted and sharded like training, then the task's
 metric (F1, MCC, conlleval, SQuAD EM/F1) reads the decoded predictions.
+
+Batches, in training and evaluation, are laid out per finetune.batching (bertjax.tasks.batching):
+packed rows (the default), length buckets, or rows padded to max_seq_length. Each distinct batch
+shape compiles once (a few per run); the predictions are the same in all three (tests).
+model.dtype=auto (the fine-tuning default) becomes bfloat16 where the hardware runs it fast and
+float32 elsewhere (bertjax.config.fast_bf16).
 """
 from __future__ import annotations
 
@@ -26,9 +32,10 @@ import numpy as np
 import optax
 
 from bertjax import sharding as shd
+from bertjax.config import resolve_dtype
 from bertjax.errors import UserError
 from bertjax.heads import POOLINGS, FineTuneModel
-from bertjax.tasks import conll, featurize, glue, registry, squad
+from bertjax.tasks import batching, conll, featurize, glue, registry, squad
 from bertjax.train.task import TrainTask
 
 # Model fields an --init checkpoint decides (the architecture); compute options (dtype, remat,
@@ -43,6 +50,8 @@ TUNABLE_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 # Keys of a batch the model and loss read; the rest of a feature set is host-side metadata.
 INPUTS = ("input_ids", "segment_ids", "input_mask")
+# Model inputs of packed rows only (bertjax.tasks.batching).
+PACKED_INPUTS = ("position_ids", "cls_positions")
 TARGETS = {"classification": ("label",), "regression": ("label",),
            "tagging": ("label_ids", "label_weights"), "span": ("start_positions", "end_positions")}
 
@@ -124,22 +133,38 @@ def _tagging_features(sentences, tok, max_len, label_map):
 # --------------------------------------------------------------- losses (pure, jittable)
 
 def _apply(model, params, batch, key):
+  packed = {k: batch[k] for k in PACKED_INPUTS if k in batch}
   return model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
                      batch["input_mask"], deterministic=key is None,
-                     rngs={"dropout": key} if key is not None else {})
+                     rngs={"dropout": key} if key is not None else {}, **packed)
 
 
-def loss_fn(model, family: str, params, batch, key):
-  """(params, batch, dropout key) -> (loss, metrics); means over the (micro-)batch."""
+def example_count(batch) -> dict:
+  """Packed batches: the step's example total, so micro-batch losses add up exactly."""
+  return {"examples": batch["example_weight"].sum()}
+
+
+def loss_fn(model, family: str, params, batch, key, den=None):
+  """(params, batch, dropout key[, den]) -> (loss, metrics); means over the (micro-)batch.
+  Packed batches (example_weight [B, K]): sums over real examples over den["examples"],
+  metrics as {x, x_weight} sums."""
   out = _apply(model, params, batch, key)
+  w = batch.get("example_weight")                                              # [B, K] | None
+  if w is not None and family != "tagging":
+    n = den["examples"] if den is not None else jnp.maximum(w.sum(), 1.0)
   if family == "classification":
-    logits = out                                                               # [B, C]
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-    return loss, {"accuracy": (jnp.argmax(logits, -1) == batch["label"]).mean()}
+    logits = out                                                               # [B, (K,) C]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])  # [B, (K)]
+    hit = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    if w is None:
+      return ce.mean(), {"accuracy": hit.mean()}
+    return (ce * w).sum() / n, {"accuracy": (hit * w).sum(), "accuracy_weight": w.sum()}
   if family == "regression":
-    err = out - batch["label"]                                                 # [B]
-    loss = jnp.mean(err * err)
-    return loss, {"mse": loss}
+    err = out - batch["label"]                                                 # [B, (K)]
+    if w is None:
+      loss = jnp.mean(err * err)
+      return loss, {"mse": loss}
+    return (err * err * w).sum() / n, {"mse": (err * err * w).sum(), "mse_weight": w.sum()}
   if family == "tagging":
     w = batch["label_weights"]                                                 # [B, S]
     ce = optax.softmax_cross_entropy_with_integer_labels(out, batch["label_ids"])  # [B, S]
@@ -148,10 +173,20 @@ def loss_fn(model, family: str, params, batch, key):
     return (ce * w).sum() / n, {"token_acc": acc, "token_acc_weight": w.sum()}
   if family == "span":
     start, end = out                                                           # [B, S] each
+    if w is not None:
+      # Each packed example's softmax runs over its own tokens only.
+      ids = jnp.arange(1, w.shape[1] + 1)                                      # [K]
+      own = batch["input_mask"][:, None, :] == ids[None, :, None]              # [B, K, S]
+      low = jnp.finfo(jnp.float32).min
+      start = jnp.where(own, start[:, None, :], low)                           # [B, K, S]
+      end = jnp.where(own, end[:, None, :], low)
     ls = optax.softmax_cross_entropy_with_integer_labels(start, batch["start_positions"])
     le = optax.softmax_cross_entropy_with_integer_labels(end, batch["end_positions"])
-    return ((ls + le) / 2).mean(), {"start_acc": (jnp.argmax(start, -1) ==
-                                                  batch["start_positions"]).mean()}
+    hit = (jnp.argmax(start, -1) == batch["start_positions"]).astype(jnp.float32)
+    if w is None:
+      return ((ls + le) / 2).mean(), {"start_acc": hit.mean()}
+    return ((ls + le) / 2 * w).sum() / n, {"start_acc": (hit * w).sum(),
+                                           "start_acc_weight": w.sum()}
   raise ValueError(family)
 
 
@@ -177,6 +212,7 @@ class FinetuneJob:
   mesh: Any
   task: TrainTask = None
   num_train_examples: int = 0
+  batcher: Optional[batching.Batcher] = None  # evaluation layout (finetune.batching)
 
   # -- inference
   def _predict_fn(self):
@@ -190,21 +226,23 @@ class FinetuneJob:
   def raw_outputs(self, params, feats: dict):
     """Model outputs over every feature, in order (numpy): logits / scores / (start, end)."""
     n_dev = shd.mesh_size(self.mesh)
-    bs = max(n_dev, -(-self.cfg.finetune.eval_batch_size // n_dev) * n_dev)
+    bs = max(n_dev, -(-self.cfg.finetune.eval_batch_size // n_dev) * n_dev)  # rows per batch
     fn = self._predict_fn()
-    outs = []
     inputs = {k: feats[k] for k in INPUTS}
+    n = len(inputs["input_ids"])
     sharding = shd.batch_sharding(self.mesh)
-    for batch, n in featurize.eval_batches(inputs, bs):
+    fam, s = self.spec.family, inputs["input_ids"].shape[1]
+    out = None
+    for arrays, idx, layout in self.batcher.eval_batches(inputs, bs):
       # Every process holds every eval feature: each device takes its rows of the global batch
       # (works on one host and many; the replicated outputs are readable on every process).
       batch = {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
-               for k, v in batch.items()}
-      y = jax.device_get(fn(params, batch))
-      outs.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], y))
-    if not outs:
-      return None
-    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *outs)
+               for k, v in arrays.items() if k in INPUTS + PACKED_INPUTS}
+      y = batching.unpack(jax.device_get(fn(params, batch)), layout, fam, s)
+      if out is None:   # [F, ...] per output, features back in their own order
+        out = jax.tree_util.tree_map(lambda a: np.zeros((n,) + a.shape[1:], a.dtype), y)
+      jax.tree_util.tree_map(lambda o, a: o.__setitem__(idx, a), out, y)
+    return out
 
   def predict(self, params, es: EvalSet):
     """Decoded predictions: label strings / floats per example, tag lists per sentence, or
@@ -281,7 +319,9 @@ class FinetuneJob:
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
       with open(os.path.join(workdir, "eval_results.json"), "w") as fh:
-        json.dump({"task": name, "results": results, "predictions": paths}, fh, indent=2)
+        json.dump({"task": name, "results": results, "predictions": paths,
+                   "model_dtype": self.cfg.model.dtype,
+                   "batching": self.cfg.finetune.batching}, fh, indent=2)
     return {"results": results, "predictions": paths}
 
 
@@ -325,8 +365,16 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
   frozen = freeze_predicate(f.freeze, f.freeze_layers)
   if f.pooling not in POOLINGS:
     raise UserError(f"--config.finetune.pooling={f.pooling!r}: use one of {', '.join(POOLINGS)}")
+  if f.batching not in batching.MODES:
+    raise UserError(f"--config.finetune.batching={f.batching!r}: use one of "
+                    f"{', '.join(batching.MODES)}")
+  buckets = batching.bucket_lengths(f.bucket_lengths, f.max_seq_length)
+  with cfg.unlocked():
+    cfg.model.dtype = resolve_dtype(cfg.model.dtype)   # auto -> this machine's fast dtype
 
   encoder_params, tok_path, lower = load_init(cfg)
+  with cfg.unlocked():
+    cfg.data.tokenizer = tok_path  # the checkpoint records and copies the tokenizer in use
   tok = tokenizer or load_tokenizer(tok_path, lower)
   if tok.vocab_size > cfg.model.vocab_size:
     raise UserError(f"tokenizer {tok_path} has {tok.vocab_size} tokens but model.vocab_size="
@@ -375,13 +423,17 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
     t.eval_every = f.eval_every or steps_per_epoch
 
   model = FineTuneModel(cfg.model, spec.family, len(labels) if labels else 1, f.pooling)
-  it = featurize.BatchIterator(train_arrays, batch, seed=t.seed,
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count())
+  n_dev = shd.mesh_size(mesh)
+  order = featurize.BatchIterator(train_arrays, batch, seed=t.seed)   # the global order
+  it = batching.TrainBatches(
+      train_arrays, order,
+      batching.Batcher(f.batching, f.max_seq_length, buckets, n_dev * t.grad_accum_steps),
+      process_index=jax.process_index(), process_count=jax.process_count())
 
   def init_params(rng, example):
+    packed = {k: example[k] for k in PACKED_INPUTS if k in example}
     params = model.init({"params": rng, "dropout": rng}, example["input_ids"],
-                        example["segment_ids"], example["input_mask"])["params"]
+                        example["segment_ids"], example["input_mask"], **packed)["params"]
     if f.head_zeroinit:  # every subtree but the encoder is the task head
       params = {k: v if k == "bert" else jax.tree_util.tree_map(jnp.zeros_like, v)
                 for k, v in params.items()}
@@ -404,10 +456,13 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
 
   job = FinetuneJob(spec=spec, cfg=cfg, tokenizer=tok, model=model, labels=labels,
                     train_features=train_feats, evals=evals, tests=tests, mesh=mesh,
-                    num_train_examples=len(train_ex))
+                    num_train_examples=len(train_ex),
+                    batcher=batching.Batcher(f.batching, f.max_seq_length, buckets, n_dev))
+  packed_loss = f.batching == "pack" and spec.family != "tagging"
   job.task = TrainTask(
       name=f"finetune-{spec.name}", model=model, init_params=init_params,
       loss_fn=functools.partial(loss_fn, model, spec.family), train_iter=it,
+      loss_denominators=example_count if packed_loss else None,
       eval_fn=job.evaluate, load_pretrained=load, frozen=frozen,
       tokenizer_identity=tok.identity() if hasattr(tok, "identity") else None)
   return job
@@ -474,4 +529,5 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.checkpoint.keep = 1
   cfg.checkpoint.async_save = False
   cfg.finetune.num_epochs = 3.0
+  cfg.model.dtype = "auto"      # bf16 where the hardware runs it fast (config.fast_bf16)
   return cfg
