@@ -1,22 +1,22 @@
 """`bertjax export SRC OUT`: any bertjax model out, as a bundle or as its transformers class.
 
 SRC is any of
-  a pretraining workdir (or one checkpoints/<step> dir)  -> BertForPreTraining, or
-                                                             BertForMaskedLM without an NSP head
-  a fine-tuning workdir (`bertjax finetune`)              -> BertForSequenceClassification (GLUE,
-                                                             STS-B regression), ...TokenClassification
-                                                             (CoNLL, POS), ...QuestionAnswering (SQuAD)
-  a bertjax bundle (`bertjax export`, `bertjax import-hf`) -> the class it holds
-  a Hugging Face BERT directory                           -> the class it is
+  a pretraining workdir (or checkpoints/<step>)  -> BertForPreTraining, or BertForMaskedLM
+                                                    without an NSP head
+  a fine-tuning workdir (`bertjax finetune`)      -> BertForSequenceClassification (GLUE, STS-B
+                                                    regression), BertForTokenClassification
+                                                    (CoNLL, POS), BertForQuestionAnswering (SQuAD)
+  a bertjax bundle (export, import-hf)            -> the class it holds
+  a Hugging Face BERT directory                   -> the class it is
 and OUT is a bundle (--format bertjax) or a Hugging Face directory (--format hf: config.json,
 model.safetensors, tokenizer files; bertjax/interop.py). Both carry a model card: README.md in
 the HF directory, the "card" entry of bundle.json (which a later HF export turns into README.md).
 
 A fine-tuned model's head (family, task, label names in id order, pooling) is what
 `bertjax finetune` recorded in WORKDIR/task.json when it finished training (`write_task_record`),
-with the tokenizer it really used (WORKDIR/task_tokenizer/). For a workdir without that record the head is
-rebuilt from the task's registry entry and its training file, as fine-tuning built it. The
-tokenizer exported is the one whose SHA-256 the checkpoint recorded, wherever it is found.
+with the tokenizer it really used (WORKDIR/task_tokenizer/). For a workdir without that record
+the head is rebuilt from the task's registry entry and its training file, as fine-tuning built
+it. The tokenizer exported is the one whose SHA-256 the checkpoint recorded, wherever found.
 """
 from __future__ import annotations
 
@@ -164,9 +164,9 @@ def _workdir_tokenizer(root: str, meta: dict, cfg: dict, record: dict, where: st
     if files and all(os.path.isfile(p) for p in files) and (
         want is None or _sha256(files[0]) == want):
       return files
-  raise UserError(f"{where}: none of the tokenizer files found ({', '.join(c[0] for c in candidates) or 'none'}) "
-                  f"has the SHA-256 the checkpoint recorded ({want}); copy the run's tokenizer "
-                  f"back to {original}")
+  found = ", ".join(c[0] for c in candidates) or "none"
+  raise UserError(f"{where}: none of the tokenizer files found ({found}) has the SHA-256 the "
+                  f"checkpoint recorded ({want}); copy the run's tokenizer back to {original}")
 
 
 def _from_workdir(path: str, step: Optional[int]) -> Source:

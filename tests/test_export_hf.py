@@ -12,11 +12,19 @@ real uncased BERT WordPiece vocab.txt of all-MiniLM-L6-v2 (test-only package).
 
 pipeline() itself needs torch. The check builds each pipeline class (TextClassificationPipeline,
 TokenClassificationPipeline, QuestionAnsweringPipeline) with framework="np" and calls it as a
-user would (argument handling, preprocess, postprocess all transformers' code); only `forward`
-is replaced. (Without torch the pipeline modules lack the model-name mappings their __init__
-passes to check_model_type, which only logs; `torchless_pipelines` gives them the Flax ones.) it turns the preprocessed lists/arrays into batched numpy arrays (where the "pt"
-branch makes torch tensors) and runs the Flax model. `_NpTensor` gives numpy the two
-torch.Tensor methods the pipelines call (.numpy(), .unsqueeze()).
+user would: argument handling, preprocess and postprocess are transformers' code. Replaced: the
+model (the Flax class, its outputs as numpy arrays; `_NpTensor` gives numpy the two
+torch.Tensor methods the pipelines call, .numpy() and .unsqueeze()); `forward`, which only adds
+torch's no_grad and device placement around `_forward`; for QA, `torch.tensor` in preprocess
+(numpy instead); and, without torch, the pipeline modules lack the model-name mappings their
+__init__ passes to check_model_type (which only logs) and the QA argument handler's `Dataset`
+name: `torchless_pipelines` supplies the Flax mappings and None.
+QA post-processing differences (documented by transformers, measured here): the pipeline's
+default align_to_words=True widens a span to whole words and adds up candidates that become the
+same text, so its answer can differ from bertjax's token-offset span (align_to_words=False gives
+bertjax's answers); for contexts longer than one window, the pipeline ranks spans by per-window
+softmax probabilities and bertjax (BERT's run_squad) by raw start + end logits, and its
+doc_stride is the overlap between windows where bertjax's is the step between their starts.
 """
 import csv
 import importlib.util
@@ -142,7 +150,7 @@ FAMILIES = {
     "sst2": ("sst2", "glue/SST-2", dict(max_train_examples=96, max_eval_examples=32,
                                         num_epochs=1.0),
              "FlaxAutoModelForSequenceClassification", "TextClassificationPipeline"),
-    "stsb": ("stsb", _sts_from_mrpc, dict(num_epochs=2.0),
+    "stsb": ("stsb", _sts_from_mrpc, dict(num_epochs=2.0, max_seq_length=128),
              "FlaxAutoModelForSequenceClassification", "TextClassificationPipeline"),
     # A small step size: after 6 steps the tiny model still tags some words as entities, so
     # the spans are a test; trained longer, it first learns to answer O everywhere.
@@ -297,8 +305,10 @@ def _sentence_rows(run, tok_hf, vocab):
   return dev, feats
 
 
+@pytest.mark.slow  # fine-tunes a tiny model per family (module fixture)
 @pytest.mark.parametrize("family", ["sst2", "stsb"])
-def test_sentence_export_matches_transformers(transformers, torchless_pipelines, runs, vocab, family):
+def test_sentence_export_matches_transformers(transformers, torchless_pipelines, runs, vocab,
+                                               family):
   run = runs(family)
   hf = json.loads(pathlib.Path(run["hf"], "config.json").read_text())
   assert run["arch"] == "BertForSequenceClassification" == hf["architectures"][0]
@@ -353,6 +363,7 @@ def test_sentence_export_matches_transformers(transformers, torchless_pipelines,
       got = pipe(x)
       got = got[0] if isinstance(got, list) else got  # a str input gives a list of one
       assert got["label"] == "LABEL_0" and abs(got["score"] - float(want)) <= 5e-4 + 1e-5
+      assert abs(got["score"] - ours[i, 0]) <= 1e-5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +384,9 @@ def _chunks(tags):
   return out
 
 
-def test_token_classification_export_matches_transformers(transformers, torchless_pipelines, runs):
+@pytest.mark.slow  # fine-tunes a tiny model per family (module fixture)
+def test_token_classification_export_matches_transformers(transformers, torchless_pipelines,
+                                                          runs):
   run = runs("conll")
   hf = json.loads(pathlib.Path(run["hf"], "config.json").read_text())
   labels = run["src"].head["labels"]
@@ -419,7 +432,9 @@ def test_token_classification_export_matches_transformers(transformers, torchles
 # ---------------------------------------------------------------------------------------------
 # Question answering: SQuAD
 # ---------------------------------------------------------------------------------------------
-def test_question_answering_export_matches_transformers(transformers, torchless_pipelines, runs):
+@pytest.mark.slow  # fine-tunes a tiny model per family (module fixture)
+def test_question_answering_export_matches_transformers(transformers, torchless_pipelines,
+                                                        runs):
   run = runs("squad")
   f = run["cfg"].finetune
   hf = json.loads(pathlib.Path(run["hf"], "config.json").read_text())
@@ -448,23 +463,24 @@ def test_question_answering_export_matches_transformers(transformers, torchless_
   pipe, _ = make_pipeline(transformers, "squad", run["hf"])
   kw = dict(max_seq_len=f.max_seq_length, doc_stride=32, max_question_len=f.max_query_length,
             max_answer_len=f.max_answer_length)
-  widened = 0
+  differ = 0
   for e in dev:
     assert len(tok(e.question, e.context)["input_ids"]) <= f.max_seq_length  # one window
     got = pipe(question=e.question, context=e.context, align_to_words=False, **kw)
     assert got["answer"] == preds[e.qid], e.qid
-    # The pipeline's default (align_to_words=True) widens the span to whole words.
-    aligned = pipe(question=e.question, context=e.context, **kw)["answer"]
-    assert preds[e.qid] in aligned
-    widened += aligned != preds[e.qid]
+    # The pipeline's default, align_to_words=True, widens each candidate span to whole words
+    # and adds up the scores of candidates that become the same text, so its best answer can
+    # be another span: counted, not compared.
+    differ += pipe(question=e.question, context=e.context, **kw)["answer"] != preds[e.qid]
   assert len(set(preds.values())) > 1
   print(f"SQuAD: {len(dev)} questions, identical answers with align_to_words=False; "
-        f"{widened} widened to whole words by the default align_to_words=True")
+        f"{differ} differ with the default align_to_words=True")
 
 
 # ---------------------------------------------------------------------------------------------
 # Round trip, model card, bundles
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # fine-tunes a tiny model per family (module fixture)
 @pytest.mark.parametrize("family", ["sst2", "conll", "squad"])
 def test_export_import_export_round_trip(runs, family, tmp_path):
   run = runs(family)
@@ -484,6 +500,7 @@ def test_export_import_export_round_trip(runs, family, tmp_path):
     assert (again / name).read_bytes() == pathlib.Path(run["hf"], name).read_bytes(), name
 
 
+@pytest.mark.slow  # fine-tunes a tiny model per family (module fixture)
 def test_model_card_and_bundle_export(runs, tmp_path, capsys):
   from bertjax import cli
   run = runs("sst2")
@@ -504,6 +521,7 @@ def test_model_card_and_bundle_export(runs, tmp_path, capsys):
     np.testing.assert_array_equal(v, a[k])
 
 
+@pytest.mark.slow  # fine-tunes a tiny model per family (module fixture)
 def test_finetune_from_the_hf_export_starts_from_its_head(runs, vocab, tmp_path):
   # `bertjax finetune --init HF_DIR` of a fine-tuned export takes its head too (same task, same
   # labels): with learning rate 0 the run evaluates the exported model, and scores and
@@ -522,6 +540,7 @@ def test_finetune_from_the_hf_export_starts_from_its_head(runs, vocab, tmp_path)
   assert set(bundle.load_head(run["hf"], "classification", ["0", "1"])) == {"classifier"}
 
 
+@pytest.mark.slow  # fine-tunes a tiny model per family (module fixture)
 def test_finetune_head_rebuilt_without_task_record(runs, tmp_path):
   # A workdir from before task.json: the head comes from the task and its training file.
   run = runs("conll")
@@ -584,6 +603,7 @@ def test_mlm_only_tree_exports_as_masked_lm(transformers, tmp_path):
     np.testing.assert_array_equal(again[k], names[k])
 
 
+@pytest.mark.slow  # fine-tunes a tiny model per family (module fixture)
 def test_bad_exports_are_user_errors(runs, tmp_path):
   run = runs("sst2")
   src = run["src"]
