@@ -1,12 +1,19 @@
 """The bertjax export format ("bundle"): everything fine-tuning needs, in one directory.
 
   OUT/
-    params.safetensors   the BertForPreTraining params, flat keys joined by '/'
-                         (e.g. bert/layer_0/attention/query/kernel), float32
+    params.safetensors   the params, flat keys joined by '/' (e.g.
+                         bert/layer_0/attention/query/kernel), float32: a pretraining tree
+                         (BertForPreTraining, or without 'nsp' after MLM-only pretraining) or a
+                         fine-tuned one ({'bert', 'classifier' | 'qa_outputs'}, bertjax/heads.py)
     model_config.json    our model ConfigDict (bertjax/config.py: model_config)
     bundle.json          {"format": "bertjax-bundle", "version": 1, "tokenizer": kind,
-                          "tokenizer_file": name, "do_lower_case": bool, "source": ..., "step": ...}
+                          "tokenizer_file": name, "do_lower_case": bool, "source": ..., "step": ...,
+                          "architecture": transformers class, "head": fine-tuned head or null,
+                          "card": what the model card says (task, metrics, command, config)}
     tokenizer/           spm.model (SentencePiece) or vocab.txt (WordPiece), copied
+
+A fine-tuned bundle's "head" is {"family", "task", "labels", "pooling"} (bertjax/interop.py);
+`bertjax export --format hf` turns the bundle into the matching transformers class.
 
 Written atomically (a temp dir renamed into place), so a failed export leaves nothing behind.
 `load_pretrained` reads either a bundle or a Hugging Face BERT directory.
@@ -54,6 +61,11 @@ def save_bundle(out_dir: str, params, model_cfg, tokenizer_files: Iterable[str],
           "tokenizer_file": os.path.basename(main[0]) if main else None,
           "do_lower_case": True, "source": None, "step": None}
   info.update(meta or {})
+  head = info.get("head")
+  arch = interop.architecture(params, head)
+  interop.check_params(params, model_cfg, arch, head, "params",
+                       pooler_optional=arch in interop.NO_POOLER)
+  info["architecture"] = arch
   flat = {"/".join(p): np.ascontiguousarray(np.asarray(v, np.float32))
           for p, v in interop._flatten(dict(params)).items()}
   with interop.atomic_dir(out_dir, overwrite) as tmp:
@@ -111,17 +123,15 @@ def load_bundle(bundle_dir: str):
         flat[tuple(name.split("/"))] = f.get_tensor(name)
   except Exception as e:
     raise UserError(f"{params_path}: cannot read as safetensors: {e}") from None
-  shapes = interop.param_shapes(model_cfg)
-  for path, shape in shapes.items():
-    if path not in flat:
-      raise UserError(f"{params_path}: missing {'/'.join(path)}")
-    if tuple(flat[path].shape) != shape:
-      raise UserError(f"{params_path}: {'/'.join(path)} has shape {tuple(flat[path].shape)}, "
-                      f"{MODEL_CONFIG} implies {shape}")
+  params = interop._unflatten(flat)
+  head = meta.get("head")
+  arch = interop.architecture(params, head)
+  interop.check_params(params, model_cfg, arch, head, params_path,
+                       pooler_optional=arch in interop.NO_POOLER)
   tokenizer_path = None
   if meta.get("tokenizer_file"):
     tokenizer_path = _need(os.path.join(bundle_dir, TOKENIZER_DIR, meta["tokenizer_file"]))
-  return interop._unflatten(flat), model_cfg, tokenizer_path, meta
+  return params, model_cfg, tokenizer_path, meta
 
 
 def _hf_tokenizer(hf_dir: str) -> str:
@@ -165,6 +175,25 @@ def load_encoder(path: str):
   else:
     lower = hf_do_lower_case(path)
   return params, model_cfg, tok_path, lower
+
+
+def load_head(path: str, family: str, labels, pooling: str = "pooler") -> dict | None:
+  """The task head of a fine-tuned bundle or HF directory, when it is the one a fine-tuning
+  run builds (same family, same labels in the same order, same pooling): {"classifier" |
+  "qa_outputs": params}; else None (the run starts a fresh head)."""
+  if is_bundle(path):
+    params, _, _, meta = load_bundle(path)
+    head = meta.get("head")
+  elif os.path.isfile(os.path.join(path, interop.CONFIG)):
+    params, _, head, _ = interop.load_hf_model(path)
+  else:
+    return None  # a workdir: pretraining --init-from only
+  if head is None or head["family"] != family or head.get("pooling", "pooler") != pooling:
+    return None
+  if family in ("classification", "tagging") and list(head["labels"]) != list(labels or []):
+    return None
+  name = "qa_outputs" if family == "span" else "classifier"
+  return {name: params[name]}
 
 
 def hf_do_lower_case(hf_dir: str, default: bool = True) -> bool:

@@ -184,6 +184,83 @@ class CorruptCheckpoint(Exception):
   """A checkpoint on disk that cannot be trusted (bad manifest, missing or altered file)."""
 
 
+# Files of a checkpoint that hold JSON (Orbax's metadata, our meta and data items): one that
+# does not parse is evidence of damage, as a failed checksum is.
+_JSON_FILES = {"_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata", MANIFEST}
+
+
+def find_damage(step_dir: str) -> Optional[str]:
+  """Evidence that a checkpoint is damaged, as one sentence, or None when its files pass.
+
+  Evidence is: a manifest entry that is missing, truncated or fails its CRC32; an item
+  directory (state, meta) that is absent; a JSON file that is empty or does not parse. An
+  OSError while looking (EIO, a stale network mount) is *not* evidence: the files may be fine,
+  so the caller leaves the checkpoint where it is.
+  """
+  try:
+    verify_manifest(step_dir)
+  except CorruptCheckpoint as e:
+    return str(e)
+  for item in ("state", os.path.join("meta", "metadata")):
+    if not os.path.exists(os.path.join(step_dir, item)):
+      return f"{os.path.join(step_dir, item)}: missing"
+  for dirpath, _, names in os.walk(step_dir):
+    for n in names:
+      if n in _JSON_FILES or n.endswith(".json"):
+        path = os.path.join(dirpath, n)
+        with open(path, "rb") as f:
+          raw = f.read()
+        try:
+          json.loads(raw)
+        except ValueError as e:
+          return f"{path}: not valid JSON ({e})"
+  return None
+
+
+def _leaf_shapes(tree) -> dict:
+  """{path tuple of names: shape} of the array leaves of a state (abstract or Orbax metadata;
+  tuples and lists give "0", "1" ... as dict keys do)."""
+  return {tuple(_key_name(k) for k in path): tuple(x.shape)
+          for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf_metadata)[0]}
+
+
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _flat_config(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in (d or {}).items():
+    if isinstance(v, dict):
+      out.update(_flat_config(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def _unreadable_file(e: BaseException) -> Optional[str]:
+  """Evidence in a restore error itself: TensorStore read a file shorter than its index says
+  (OUT_OF_RANGE) or one failing its own checks (DATA_LOSS). Other statuses (an I/O error,
+  UNAVAILABLE ...) are not evidence."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    m = re.search(r"\b(?:DATA_LOSS|OUT_OF_RANGE): [^\n]{0,300}", str(e))
+    if m and not isinstance(e, OSError):
+      return m.group(0)
+    e = e.__cause__ or e.__context__
+  return None
+
+
+class CheckpointReadError(UserError):
+  """Reading a checkpoint failed for a reason that is not evidence of damage (MemoryError,
+  an I/O error): it is left where it is, and the same command resumes from it once the
+  cause is gone."""
+
+
 class CheckpointWriteError(UserError):
   """The filesystem refused a checkpoint (full disk, quota, permissions). The previous
   checkpoint is intact and is where the next run resumes; the CLI prints this as one line."""
@@ -194,6 +271,7 @@ class CheckpointWriteError(UserError):
 @dataclasses.dataclass
 class DataStateSave(ocp.args.CheckpointArgs):
   state: Any  # JSON-able (dict from grain DatasetIterator) or bytes (grain DataLoaderIterator)
+  global_position: bool = False  # the same state on every process, valid for any process count
 
 
 @dataclasses.dataclass
@@ -205,7 +283,9 @@ class DataStateHandler(ocp.CheckpointHandler):
   """Every process writes its own iterator state: process_<i>-of-<n>.json (as grain's handler).
 
   The state is captured by `Checkpointer.save` at call time, so the background write can never
-  see a later position of the iterator.
+  see a later position of the iterator. An iterator whose position is global (the same on
+  every process: bertjax's pretraining pipeline counts examples of the global stream) says so
+  with `global_position = True`; its state then restores on any number of processes.
   """
 
   def save(self, directory, args: DataStateSave):
@@ -214,6 +294,7 @@ class DataStateHandler(ocp.CheckpointHandler):
       payload = {"kind": "bytes", "state": bytes(state).decode()}
     else:
       payload = {"kind": "json", "state": state}
+    payload["global"] = bool(args.global_position)
     i, n = jax.process_index(), jax.process_count()
     path = directory / f"process_{i}-of-{n}.json"
     path.write_text(json.dumps(payload))
@@ -222,16 +303,18 @@ class DataStateHandler(ocp.CheckpointHandler):
     i, n = jax.process_index(), jax.process_count()
     path = directory / f"process_{i}-of-{n}.json"
     if not path.exists():
-      saved = sorted(p.name for p in directory.iterdir() if p.name.startswith("process_"))
+      saved = sorted(p for p in directory.iterdir() if p.name.startswith("process_"))
+      payloads = [json.loads(p.read_text()) for p in saved]
+      # Another process count: a global position (identical on every saving process) is
+      # valid for this run too; a per-process one cannot be split or merged.
+      if payloads and all(p.get("global") and p == payloads[0] for p in payloads):
+        return _decode(payloads[0])
       raise UserError(
-          f"{directory}: the data position was saved by other processes ({', '.join(saved)}), "
-          f"this run is process {i} of {n}; resume with the same number of processes, or start "
-          f"a new workdir with --init-from {directory.parent.parent.parent} (params only)")
-    payload = json.loads(path.read_text())
-    if payload["kind"] == "bytes":
-      return payload["state"].encode()
-    return payload["state"]
-
+          f"{directory}: the data position was saved by other processes "
+          f"({', '.join(p.name for p in saved)}) and is per process, this run is process {i} "
+          f"of {n}; resume with the same number of processes, or start a new workdir with "
+          f"--init-from {directory.parent.parent.parent} (params only)")
+    return _decode(json.loads(path.read_text()))
   def metadata(self, directory):
     return None
 
@@ -240,6 +323,10 @@ class DataStateHandler(ocp.CheckpointHandler):
 
   def close(self):
     pass
+
+
+def _decode(payload: dict):
+  return payload["state"].encode() if payload["kind"] == "bytes" else payload["state"]
 
 
 ocp.args.register_with_handler(DataStateHandler, for_save=True)(DataStateSave)
@@ -429,7 +516,8 @@ class Checkpointer:
         "time": time.time(),
     }
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=DataStateSave(data_state),
+                              data=DataStateSave(data_state, bool(getattr(
+                                  data_iter, "global_position", False))),
                               meta=ocp.args.JsonSave(meta))
     self._wait_writes()  # the previous save's callback owns _pending_step
     self._pending_step = self._writing = step
@@ -558,14 +646,71 @@ class Checkpointer:
         return self._restore_step(s, abstract_state, data_iter), s
       except UserError:
         raise
-      except Exception as e:  # unreadable: set it aside and try the one before
+      except Exception as e:
+        # Only evidence moves a checkpoint aside (a failed checksum, a missing item, JSON that
+        # does not parse); any other failure (MemoryError, EIO ...) leaves it in place.
+        damage = (str(e) if isinstance(e, CorruptCheckpoint)
+                  else _unreadable_file(e) or self._damage(s))
+        if damage is None:
+          raise CheckpointReadError(
+              f"{self.step_dir(s)}: reading checkpoint step {s} failed ({type(e).__name__}: "
+              f"{str(e)[:200]}); its files pass their checks, so it was left in place; fix "
+              f"the cause (memory, disk, filesystem) and run the same command again") from None
         older = steps[len(steps) - 2 - i] if i + 1 < len(steps) else None
-        log.warning("checkpoint %s is unreadable (%s: %s); %s", self.step_dir(s),
-                    type(e).__name__, str(e)[:300],
+        log.warning("checkpoint %s is unreadable (%s); %s", self.step_dir(s), damage[:300],
                     f"falling back to step {older}" if older is not None else "none left")
         self._set_aside(s)
     raise UserError(f"{self.directory}: no readable checkpoint (moved to {CORRUPT_DIR}/); "
                     f"start a new workdir or restore a backup")
+
+  def _damage(self, step: int) -> Optional[str]:
+    """`find_damage` on process 0; every process gets its verdict."""
+    verdict = ""
+    if jax.process_index() == 0:
+      try:
+        verdict = find_damage(self.step_dir(step)) or ""
+      except OSError:  # could not even look: no evidence
+        verdict = ""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      if not int(multihost_utils.broadcast_one_to_all(np.int32(bool(verdict)))):
+        return None
+      return verdict or f"{self.step_dir(step)}: damaged (found by process 0)"
+    return verdict or None
+
+  def check_structure(self, step: int, abstract_state) -> None:
+    """The saved state's leaves (paths and shapes) must be this run's, or a UserError names
+    what differs and the config fields that changed -- before anything is read or moved."""
+    tree = self._mngr.item_metadata(step)["state"]  # global shapes, read from metadata only
+    saved = _leaf_shapes(tree.tree if hasattr(tree, "tree") else tree)
+    now = _leaf_shapes(abstract_state)
+    if saved == now:
+      return
+
+    def names(paths):
+      paths = sorted("/".join(p) for p in paths)
+      return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    parts = []
+    if saved.keys() - now.keys():
+      parts.append(f"only in the checkpoint: {names(saved.keys() - now.keys())}")
+    if now.keys() - saved.keys():
+      parts.append(f"only in this run: {names(now.keys() - saved.keys())}")
+    shapes = [p for p in saved.keys() & now.keys() if saved[p] != now[p]]
+    if shapes:
+      p = sorted(shapes)[0]
+      parts.append(f"shapes differ: {'/'.join(p)} {list(saved[p])} vs {list(now[p])}"
+                   + (f" and {len(shapes) - 1} more" if len(shapes) > 1 else ""))
+    old_cfg = _flat_config((self.read_meta(step).get("config") or {}))
+    new_cfg = _flat_config(self.config or {})
+    changed = [f"{k}: checkpoint {old_cfg.get(k, '<absent>')!r}, now {new_cfg.get(k, '<absent>')!r}"
+               for k in sorted(old_cfg.keys() | new_cfg.keys())
+               if k.split(".")[0] in ("model", "optim", "finetune")
+               and old_cfg.get(k, "<absent>") != new_cfg.get(k, "<absent>")]
+    raise UserError(
+        f"{self.step_dir(step)}: the saved train state does not match this run's"
+        + (f" (config changed: {'; '.join(changed)})" if changed else "")
+        + f": {'; '.join(parts)}; resume with the checkpoint's values, or use a new workdir with --init-from "
+          f"{self.workdir} to start from its weights")
 
   def _verify(self, step: int) -> None:
     """Process 0 reads and checks the files; the others take its verdict (one read, not N)."""
@@ -585,6 +730,7 @@ class Checkpointer:
   def _restore_step(self, step: int, abstract_state, data_iter):
     self._verify(step)
     self.check_compatible(step)
+    self.check_structure(step, abstract_state)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       items["data"] = DataStateRestore()

@@ -21,6 +21,7 @@ COMMANDS = {
     "finetune": ("bertjax.tasks.cli", "finetune_main", "fine-tune on a registered task"),
     "extract-features": ("bertjax.features", "extract_features_main",
                          "write encoder features for text"),
+    "compile": ("bertjax.compile_cli", "compile_main", "compile a train step for a TPU/GPU target"),
 }
 
 

@@ -65,8 +65,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = model_config("mini")
 
   c.data = d = ml_collections.ConfigDict()
-  d.corpus = "data/corpus/*.txt"        # glob(s) of text files, comma-separated, or tfds:NAME
+  d.corpus = "data/corpus/*.txt"        # comma-separated globs of text or record files | tfds:NAME
   d.corpus_format = "auto"              # auto | bert (sentence per line) | prose | tfds
+  # Record files (.jsonl/.json[.gz|.zst], .parquet, .arrow, a datasets save_to_disk folder): one
+  # document per record, its text read with corpus_format like a .txt file's text.
+  d.text_field = "text"                 # record field / column holding the document text
+  d.id_field = ""                       # optional field / column of a document id ("" = none)
   d.tfds_data_dir = ""                  # TFDS data_dir for tfds: corpora
   d.tfds_text_field = "text"            # feature holding the document text
   d.tokenizer = "data/tokenizer/spm.model"  # SentencePiece .model or WordPiece vocab.txt
@@ -108,6 +112,10 @@ def base_config() -> ml_collections.ConfigDict:
   t.eval_every = 200
   t.eval_batches = 10
   t.nan_policy = "stop"                 # stop | skip: what a non-finite loss does
+  # Sum per-device gradients and metric sums in device order (all-gather, then add): params are
+  # then bitwise the same however the devices are spread over processes (2 x 4 == 1 x 8), at the
+  # cost of one gradient copy per device in memory. Off: XLA's all-reduce (order may differ).
+  t.deterministic_reduce = False
   t.peak_tflops = 0.0                   # per-device peak for MFU (0 = known TPUs/GPUs only)
 
   c.mesh = m = ml_collections.ConfigDict()

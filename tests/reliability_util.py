@@ -17,6 +17,9 @@ Faults (keys of BERTJAX_FAULTS):
                ignores file permissions, not this limit.
   nan_at_step  s: the training batch of step s (counted from a fresh start) gets NaN
                masked_lm_weights, so that step's loss and gradients are NaN.
+  heldout_error true: reading the held-out split raises RuntimeError (an evaluation that fails).
+  restore_error "MemoryError"|"EIO": every Orbax restore raises MemoryError, or OSError(EIO) as
+               a failing disk or network filesystem does (the files themselves are intact).
   deny_network path: any connect() / DNS lookup of a non-loopback address is appended to
                `path` and refused with OSError.
 """
@@ -105,6 +108,42 @@ def run_ok(args: list[str], env: dict, timeout: float = 300) -> subprocess.Compl
   out = run(args, env, timeout)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
   return out
+
+
+def free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_processes(args: list[str], env: dict, n: int, timeout: float = 300) -> list[tuple]:
+  """The same `bertjax` command as `n` processes joined over 127.0.0.1 (gloo); each gets
+  --coordinator/--num-processes/--process-id. Returns [(returncode, stdout, stderr)].
+
+  Without the persistent compilation cache: a process that finds its program cached would
+  reach the first collective long before one that compiles, and gloo gives up after 30 s."""
+  env = {k: v for k, v in env.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+  port = free_port()
+  procs = [popen([*args, "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n),
+                  "--process-id", str(i)], env) for i in range(n)]
+  outs = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=timeout)
+      outs.append((p.returncode, out, err))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return outs
+
+
+def run_processes_ok(args: list[str], env: dict, n: int, timeout: float = 300) -> list[tuple]:
+  outs = run_processes(args, env, n, timeout)
+  for i, (rc, out, err) in enumerate(outs):
+    assert rc == 0, f"process {i}: rc={rc}\n{out[-2000:]}\n{err[-4000:]}"
+  return outs
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -196,6 +235,10 @@ def install_faults() -> None:
     _fsize_at_step(*faults["fsize_at_step"])
   if "nan_at_step" in faults:
     _nan_at_step(int(faults["nan_at_step"]))
+  if faults.get("heldout_error"):
+    _heldout_error()
+  if "restore_error" in faults:
+    _restore_error(faults["restore_error"])
 
 
 def _save_delay(where: str, seconds: float, marker: str) -> None:
@@ -220,6 +263,29 @@ def _save_delay(where: str, seconds: float, marker: str) -> None:
       note(step_dir)
       return orig_manifest(step_dir)
     ck.write_manifest = write_manifest
+
+
+def _heldout_error() -> None:
+  from bertjax.data import pipeline
+  orig = pipeline.make_pretrain_iterator
+
+  def make(prepared_dir, split, **kw):
+    if split == "heldout":
+      raise RuntimeError("reliability suite: the held-out split cannot be read")
+    return orig(prepared_dir, split, **kw)
+  pipeline.make_pretrain_iterator = make
+
+
+def _restore_error(kind: str) -> None:
+  import errno
+
+  import orbax.checkpoint as ocp
+
+  def restore(self, *a, **kw):
+    if kind == "MemoryError":
+      raise MemoryError("reliability suite: restore ran out of memory")
+    raise OSError(errno.EIO, "reliability suite: Input/output error")
+  ocp.CheckpointManager.restore = restore
 
 
 def _fsize_at_step(step: int, limit: int) -> None:

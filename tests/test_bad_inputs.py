@@ -191,7 +191,7 @@ CASES = {
     # ---- other commands
     "export_without_checkpoints": (
         {"empty_wd/.keep": ""}, lambda d, w: ["export", str(d / "empty_wd"), str(d / "out")],
-        ["empty_wd", "no checkpoints here"], "checkpoint.restore_params"),
+        ["empty_wd", "no checkpoints here"], "export.load_source"),
     "finetune_unknown_override": (
         {"data/train.tsv": SST2_OK},
         finetune("sst2", lambda d: ["--config.finetune.taks=sst2"]),

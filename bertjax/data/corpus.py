@@ -14,6 +14,10 @@ Formats (data.corpus_format):
   tfds   `tfds:NAME[:SPLIT]`: each example's `data.tfds_text_field` is one document, read as prose
          (newlines separate paragraphs), through TFDS's array_record data source (no TensorFlow).
 
+Record files (.jsonl/.json[.gz|.zst], .parquet, .arrow, a `datasets` save_to_disk folder; see
+records.py) hold one document per record: its `data.text_field` is read with the rules above,
+exactly as if it were the text of a .txt file.
+
 Files are decoded as UTF-8 (a BOM is dropped, CRLF/CR line ends are fine); a file that is not
 valid UTF-8 is decoded as Latin-1 with a warning naming it, and counted in the summary.
 """
@@ -67,6 +71,7 @@ def split_sentences(paragraph: str) -> list[str]:
 class ReadStats:
   """Counts of what reading and preparation kept and skipped (reported in the manifest)."""
   files: int = 0
+  records: int = 0                     # records read from JSONL / Parquet / Arrow files
   empty_files: int = 0
   latin1_files: list = dataclasses.field(default_factory=list)
   documents: int = 0
@@ -94,7 +99,9 @@ class ReadStats:
 
 # ---------------------------------------------------------------- inputs
 def expand_inputs(corpus: str | list[str]) -> list[str]:
-  """Comma-separated globs (or a list of them) -> sorted unique files; each glob must match."""
+  """Comma-separated globs (or a list of them) -> sorted unique files; each glob must match.
+  A Hugging Face save_to_disk folder stands for its arrow files, in the dataset's order."""
+  from bertjax.data.records import hf_dataset_files
   globs = corpus.split(",") if isinstance(corpus, str) else list(corpus)
   globs = [g.strip() for g in globs if g.strip()]
   if not globs:
@@ -102,6 +109,10 @@ def expand_inputs(corpus: str | list[str]) -> list[str]:
   files = []
   for g in globs:
     if os.path.isdir(g):
+      hf = hf_dataset_files(g)
+      if hf is not None:
+        files += hf
+        continue
       g = os.path.join(g, "**", "*")
     matched = sorted(p for p in glob.glob(os.path.expanduser(g), recursive=True)
                      if os.path.isfile(p))
@@ -195,11 +206,33 @@ def documents_from_text(text: str, fmt: str, stats: ReadStats, name: str = "") -
     raise UserError(f"data.corpus_format={fmt!r}: use auto, bert, prose or tfds")
 
 
-def read_documents(path: str, fmt: str = "auto", stats: ReadStats | None = None
-                   ) -> Iterator[list[str]]:
-  """Documents (lists of sentences) of one file; empty files are counted, not errors."""
+def record_documents(recs, fmt: str, stats: ReadStats) -> Iterator[tuple[list[str], object]]:
+  """(text, id) records -> (document, its record's id); one record may hold several documents
+  (a blank-line separated `bert` text), a record with no text is counted as empty."""
+  for text, doc_id in recs:
+    stats.records += 1
+    n = 0
+    for doc in documents_from_text(text, fmt, stats):
+      stats.documents += 1
+      stats.sentences += len(doc)
+      n += 1
+      yield doc, doc_id
+    if n == 0:
+      stats.empty_documents += 1
+
+
+def read_documents(path: str, fmt: str = "auto", stats: ReadStats | None = None,
+                   text_field: str = "text") -> Iterator[list[str]]:
+  """Documents (lists of sentences) of one file (text or record file, see records.py); empty
+  files are counted, not errors."""
+  from bertjax.data import records
   stats = stats if stats is not None else ReadStats()
   stats.files += 1
+  if records.record_kind(path):
+    for chunk in records.plan_chunks(path):
+      yield from (doc for doc, _ in record_documents(
+          records.read_chunk(chunk, text_field), fmt, stats))
+    return
   text = read_text(path, stats)
   if not text.strip():
     stats.empty_files += 1

@@ -214,6 +214,8 @@ class PretrainIterator:
   global batch size. grain's own iterator is (re)built lazily from that position.
   """
 
+  global_position = True  # the state is the same on every process (bertjax.checkpoint)
+
   def __init__(self, fn: _PretrainBatches, n_batches: int, num_workers: int):
     self.fn, self.n_batches, self.num_workers = fn, n_batches, num_workers
     self._next = 0

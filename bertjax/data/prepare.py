@@ -1,8 +1,10 @@
 """`bertjax prepare`: tokenise a corpus once into ArrayRecord shards + manifest.json.
 
-Work is split into tasks (a file, or a range of TFDS examples), tokenised in parallel worker
-processes (spawned, so a parent that imported JAX is safe) and written in task order, so the
-output does not depend on the number of workers. Memory holds one task's documents per worker.
+Work is split into tasks (a text file, a chunk of a JSONL/Parquet/Arrow file, or a range of
+TFDS examples), tokenised in parallel worker processes and written in task order, so the output
+does not depend on the number of workers; memory holds a few chunks, not the corpus (stream.py).
+With data.id_field set, {split}-docids.jsonl lists each document's record id (JSON, one a line,
+in document order; null for documents of plain text files).
 
 Each document goes to `heldout` when a hash of (seed, its token ids) falls below
 data.heldout_fraction: deterministic, independent of file order, and identical duplicate
@@ -16,16 +18,16 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
+import socket
 import time
 import warnings
 
 import numpy as np
 
-from bertjax.data import corpus, shards
+from bertjax.data import corpus, records, shards, stream
 from bertjax.data.tokenizer import load_tokenizer
 from bertjax.errors import UserError
 
@@ -34,61 +36,9 @@ from bertjax.errors import UserError
 FORMAT_VERSION = 3
 TFDS_TASK_EXAMPLES = 5000
 
-_worker_tok = None  # per worker process: (tokenizer, format, tfds settings)
-
-
-def _init_worker(tok_path: str, lower: bool):
-  global _worker_tok
-  _worker_tok = load_tokenizer(tok_path, lower)
-
-
-def _tokenize_docs(tok, docs: list[list[str]], stats: corpus.ReadStats):
-  """Sentences -> token arrays (one batched call per task); drop empty, cut over-long."""
-  flat = [s for d in docs for s in d]
-  ids = tok.encode_batch(flat)
-  out, k = [], 0
-  dtype = np.uint16 if tok.vocab_size <= 65535 else np.int32
-  for d in docs:
-    sents = []
-    for _ in d:
-      a = np.asarray(ids[k], dtype)
-      k += 1
-      if len(a) == 0:
-        stats.empty_sentences += 1
-        continue
-      if len(a) > shards.MAX_SENTENCE_TOKENS:
-        stats.long_sentences_split += 1
-        sents += [a[i:i + shards.MAX_SENTENCE_TOKENS]
-                  for i in range(0, len(a), shards.MAX_SENTENCE_TOKENS)]
-      else:
-        sents.append(a)
-    if not sents:
-      stats.empty_documents += 1
-      continue
-    if len(sents) == 1:
-      stats.one_sentence_documents += 1
-    out.append(sents)
-  return out
-
-
-def _run_task(task):
-  """Worker: one task -> (stats, [document: [sentence token ids]])."""
-  stats = corpus.ReadStats()
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    if task[0] == "file":
-      _, path, fmt = task
-      docs = list(corpus.read_documents(path, fmt, stats))
-    else:
-      _, name, split, data_dir, field, start, stop = task
-      source = corpus.open_tfds(name, split, data_dir)
-      docs = list(corpus.tfds_documents(source, start, stop, field, stats))
-  msgs = [str(w.message) for w in caught]
-  return stats, _tokenize_docs(_worker_tok, docs, stats), msgs
-
-
-def _tasks(data_cfg) -> tuple[list, list]:
-  """-> (tasks, fingerprint of the inputs)."""
+def _tasks(data_cfg, stats: corpus.ReadStats) -> tuple:
+  """-> (tasks (an iterator: record files are chunked as it is consumed), fingerprint of the
+  inputs)."""
   spec = data_cfg.corpus.strip()
   if spec.startswith("tfds:") or data_cfg.corpus_format == "tfds":
     name, split = corpus.parse_tfds(spec if spec.startswith("tfds:") else "tfds:" + spec)
@@ -105,7 +55,11 @@ def _tasks(data_cfg) -> tuple[list, list]:
   for f in files:
     st = os.stat(f)
     inputs.append([os.path.abspath(f), st.st_size, st.st_mtime_ns])
-  return [("file", f, fmt) for f in files], inputs
+  if any(records.record_kind(f) for f in files):   # text-only corpora keep their fingerprint
+    if not data_cfg.text_field:
+      raise UserError("data.text_field is empty; set it to the field / column holding the text")
+    inputs.append({"text_field": data_cfg.text_field, "id_field": data_cfg.id_field})
+  return stream.plan_file_tasks(files, fmt, data_cfg.text_field, data_cfg.id_field, stats), inputs
 
 
 def _is_heldout(doc: list[np.ndarray], seed: int, fraction: float) -> bool:
@@ -123,7 +77,10 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
   tok = load_tokenizer(data_cfg.tokenizer, data_cfg.do_lower_case)
   if not 0.0 <= data_cfg.heldout_fraction < 1.0:
     raise UserError(f"data.heldout_fraction={data_cfg.heldout_fraction}: use a value in [0, 1)")
-  tasks, inputs = _tasks(data_cfg)
+  stats = corpus.ReadStats()
+  tasks, inputs = _tasks(data_cfg, stats)
+  tfds = data_cfg.corpus.strip().startswith("tfds:") or data_cfg.corpus_format == "tfds"
+  id_field = "" if tfds else data_cfg.id_field
   fingerprint = {"version": FORMAT_VERSION, "inputs": inputs, "tokenizer": tok.identity(),
                  "corpus_format": data_cfg.corpus_format,
                  "heldout_fraction": float(data_cfg.heldout_fraction), "seed": int(data_cfg.seed)}
@@ -138,45 +95,45 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
     needed = [s["file"] for sp in old.get("splits", {}).values() for s in sp["shards"]]
     needed += [f"{sp}-{kind}.bin" for sp in ("train", "heldout")
                for kind in ("sentlens", "pieces", "sentoffs")] + ["token_tables.npz"]
+    needed += [f"{sp}-docids.jsonl" for sp in ("train", "heldout") if id_field]
     if old.get("fingerprint") == fingerprint and all(
         os.path.isfile(os.path.join(out_dir, f)) for f in needed):
       return old
   # Written into a staging dir first: an earlier preparation is replaced only once this one
   # has succeeded, so a bad corpus (an error below) leaves a good prepared dir as it was.
+  # Staging dirs are named by host and pid: only this host's, of processes that are gone
+  # (killed runs), are removed; another host's pid means nothing here.
+  host = socket.gethostname()
   for old_stage in glob.glob(os.path.join(out_dir, ".preparing-*")):
-    if not _alive(int(old_stage.rsplit("-", 1)[1])):  # left by a killed run
+    owner, _, pid = os.path.basename(old_stage)[len(".preparing-"):].rpartition("-")
+    if owner == host and pid.isdigit() and not _alive(int(pid)):
       shutil.rmtree(old_stage, ignore_errors=True)
-  stage = os.path.join(out_dir, f".preparing-{os.getpid()}")
+  stage = os.path.join(out_dir, f".preparing-{host}-{os.getpid()}")
   shutil.rmtree(stage, ignore_errors=True)
   os.makedirs(stage)
 
   t0 = time.time()
   token_dtype = "uint16" if tok.vocab_size <= 65535 else "int32"
   writers = {s: shards.ShardWriter(stage, s, np.dtype(token_dtype)) for s in ("train", "heldout")}
-  stats = corpus.ReadStats()
-  if num_workers > 0:
-    ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(num_workers, _init_worker, (tok.path, tok.do_lower_case))
-    # ordered results; small files travel in groups to amortise inter-process overhead
-    results = pool.imap(_run_task, tasks, chunksize=max(1, min(64, len(tasks) // (8 * num_workers))))
-  else:
-    _init_worker(tok.path, tok.do_lower_case)
-    pool, results = None, map(_run_task, tasks)
+  docids = {s: open(os.path.join(stage, f"{s}-docids.jsonl"), "w", encoding="utf-8")
+            for s in writers} if id_field else {}
   try:
     notes = []
-    for task_stats, docs, msgs in results:
+    for task_stats, docs, ids, msgs in stream.tokenized_groups(tasks, tok, num_workers):
       notes += msgs
       stats.merge(task_stats)
-      for doc in docs:
+      for doc, doc_id in zip(docs, ids):
         split = "heldout" if _is_heldout(doc, data_cfg.seed, data_cfg.heldout_fraction) else "train"
         writers[split].add_document(doc)
+        if docids:
+          docids[split].write(json.dumps(doc_id, ensure_ascii=False, default=str) + "\n")
   except BaseException:
+    for f in docids.values():
+      f.close()
     shutil.rmtree(stage, ignore_errors=True)
     raise
-  finally:
-    if pool is not None:
-      pool.close()
-      pool.join()
+  for f in docids.values():
+    f.close()
   splits = {s: w.close() for s, w in writers.items()}
   if notes:  # one warning naming every file (e.g. each Latin-1 file), not one per file
     shown = "; ".join(notes[:20]) + (f"; and {len(notes) - 20} more" if len(notes) > 20 else "")
@@ -205,7 +162,7 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
   if os.path.isfile(manifest_path):
     os.remove(manifest_path)  # the earlier preparation goes now (the manifest is written last)
   for name in os.listdir(out_dir):  # our files of the earlier preparation only
-    if re.fullmatch(r"(train|heldout)-\w+\.(array_record|bin)(\.tmp)?", name):
+    if re.fullmatch(r"(train|heldout)-\w+\.(array_record|bin|jsonl)(\.tmp)?", name):
       os.remove(os.path.join(out_dir, name))
   for name in os.listdir(stage):
     os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
@@ -244,7 +201,28 @@ def _read_manifest(path: str) -> dict:
   if not isinstance(manifest, dict) or "splits" not in manifest:
     raise UserError(f"{path}: not a bertjax manifest (no 'splits'); delete the prepared "
                     "directory and run again")
+  # Valid JSON of the wrong shape (hand-edited, or another tool's): name it here, not as a
+  # KeyError deep in the pipeline.
+  splits = manifest["splits"]
+  problem = None
+  if not isinstance(splits, dict) or not splits:
+    problem = "'splits' is not a mapping of splits"
+  else:
+    for name, sp in splits.items():
+      missing = [k for k in _SPLIT_KEYS if not isinstance(sp, dict) or k not in sp]
+      if missing:
+        problem = f"split {name!r} lacks {', '.join(missing)}"
+        break
+  for key, kind in (("fingerprint", dict), ("special_ids", dict), ("token_dtype", str)):
+    if problem is None and not isinstance(manifest.get(key), kind):
+      problem = f"no valid {key!r}"
+  if problem:
+    raise UserError(f"{path}: damaged manifest ({problem}); delete the prepared directory and "
+                    "run again")
   return manifest
+
+
+_SPLIT_KEYS = ("documents", "pieces", "sentences", "tokens", "shards")
 
 
 def format_summary(manifest: dict) -> str:
@@ -253,8 +231,10 @@ def format_summary(manifest: dict) -> str:
   lines = [f"{name}: {sp['documents']} documents, {sp['pieces']} pieces, {sp['sentences']} "
            f"sentences, {sp['tokens']} tokens, {len(sp['shards'])} shards"
            for name, sp in manifest["splits"].items()]
-  lines.append(f"read {s['files']} files (formats {s['formats']}); skipped: {s['empty_files']} "
-               f"empty files, {s['empty_documents']} empty documents, {s['empty_sentences']} "
+  records = f", {s['records']} records" if s.get("records") else ""
+  lines.append(f"read {s['files']} files{records} (formats {s['formats']}); skipped: "
+               f"{s['empty_files']} empty files, {s['empty_documents']} empty documents, "
+               f"{s['empty_sentences']} "
                f"empty sentences; {s['one_sentence_documents']} one-sentence documents (NotNext "
                f"only); {s['long_sentences_split']} sentences over {shards.MAX_SENTENCE_TOKENS} "
                f"tokens cut; {len(s['latin1_files'])} files decoded as Latin-1")

@@ -73,7 +73,8 @@ def finetune_main(argv: list[str]) -> int:
     keep_freed_memory()
 
   from bertjax.tasks.finetune import run
-  summary = run(cfg, args.workdir, progress=not args.no_progress)
+  summary = run(cfg, args.workdir, progress=not args.no_progress,
+                command=["bertjax", "finetune"] + list(argv))
   print(json.dumps({"task": summary["task"], "steps": summary["steps"],
                     "wall_s": round(summary["wall_s"], 1), "eval": summary.get("results"),
                     "predictions": summary.get("predictions")}, indent=1))

@@ -373,6 +373,8 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
     cfg.model.dtype = resolve_dtype(cfg.model.dtype)   # auto -> this machine's fast dtype
 
   encoder_params, tok_path, lower = load_init(cfg)
+  with cfg.unlocked():
+    cfg.data.tokenizer = tok_path  # the checkpoint records and copies the tokenizer in use
   tok = tokenizer or load_tokenizer(tok_path, lower)
   if tok.vocab_size > cfg.model.vocab_size:
     raise UserError(f"tokenizer {tok_path} has {tok.vocab_size} tokens but model.vocab_size="
@@ -439,10 +441,17 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
 
   load = None
   if encoder_params is not None:
+    from bertjax import bundle
+    # A fine-tuned --init (bertjax export, or a transformers BertFor... via import-hf) whose
+    # head is this task's, same labels in the same order: start from that head too.
+    init_head = bundle.load_head(f.init, spec.family, labels, pooling=f.pooling)
+
     def load(fresh):
       _check_tree(fresh["bert"], encoder_params, f.init)
       out = dict(fresh)
       out["bert"] = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), encoder_params)
+      if init_head is not None:
+        out.update(init_head)
       return out
 
   job = FinetuneJob(spec=spec, cfg=cfg, tokenizer=tok, model=model, labels=labels,
@@ -489,11 +498,15 @@ def _check_tree(fresh, loaded, where: str) -> None:
                     f"(first differences: {diff})")
 
 
-def run(cfg, workdir: str, *, progress: bool = True) -> dict:
-  """build -> the one trainer -> final dev metrics and prediction files. Returns the summary."""
+def run(cfg, workdir: str, *, progress: bool = True, command: Optional[list] = None) -> dict:
+  """build -> the one trainer -> final dev metrics and prediction files. Returns the summary.
+  command: the command line, for the model card of a later `bertjax export`."""
   from bertjax.train import loop
   job = build(cfg)
   summary = loop.train(job.task, cfg, workdir, mesh=job.mesh, progress=progress)
+  if jax.process_index() == 0:  # the head, labels and tokenizer `bertjax export` needs
+    from bertjax import export
+    export.write_task_record(workdir, job, command)
   params = summary.pop("state").params
   if cfg.finetune.write_predictions:
     summary.update(job.write_predictions(params, workdir))

@@ -55,6 +55,10 @@ class PhasedData:
   def __next__(self):
     return next(self.it)
 
+  @property
+  def global_position(self) -> bool:  # see bertjax.checkpoint.DataStateHandler
+    return bool(getattr(self.it, "global_position", False))
+
   def get_state(self):
     s = self.it.get_state()
     if isinstance(s, (bytes, bytearray)):
@@ -139,7 +143,8 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
       steps[phase] = make_train_step(
           task.loss_fn, tx, mesh, shardings, schedule=schedule,
           grad_accum_steps=t.grad_accum_steps, loss_denominators=task.loss_denominators,
-          frozen=task.frozen, nan_policy=t.nan_policy)
+          frozen=task.frozen, nan_policy=t.nan_policy,
+          deterministic_reduce=t.get("deterministic_reduce", False))
     return steps[phase]
 
   eval_cache, eval_step = [], []
@@ -161,11 +166,22 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
       out.update({"eval_" + k: float(v) for k, v in task.eval_fn(state.params).items()})
     return out
 
+  def save_then_evaluate(step, state, force=False) -> dict:
+    """The step's checkpoint starts before its evaluation, so an evaluation that fails cannot
+    cost the step. A best-metric policy ranks checkpoints by this step's evaluation, so there
+    the evaluation has to come first."""
+    if ckpt.best_metric:
+      ev = evaluate(state)
+      ckpt.save(step, state, data, metrics=ev, force=force)
+      return ev
+    ckpt.save(step, state, data, force=force)
+    return evaluate(state)
+
   # 4. the loop
   writer = mlib.MetricsWriter(workdir, start)
   peak = mlib.peak_flops_per_device(getattr(t, "peak_tflops", 0.0))
   bar = _progress(t.num_steps, start, progress and is_main)
-  step, last_log, stopped, last_train, last_eval = start, None, "", {}, {}
+  step, last_log, stopped, last_train, last_eval, last_eval_step = start, None, "", {}, {}, None
   finite_flags = []
   window_start, window_steps, window_rows, window_tokens = None, 0, 0, 0
   flops = None
@@ -231,12 +247,13 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
           print(f"[{task.name}] step {step}/{t.num_steps} loss {record['loss']:.4f} "
                 f"{record.get('seq_per_s', 0):.1f} seq/s", flush=True)
       if t.eval_every and (step % t.eval_every == 0 or step == t.num_steps):
-        last_eval = evaluate(state)
+        last_eval, last_eval_step = save_then_evaluate(step, state), step
         record.update(last_eval)
         window_start = time.time()  # evaluation time is not training throughput
+      else:
+        ckpt.save(step, state, data)
       if record:
         writer.write(step, record)
-      ckpt.save(step, state, data, metrics=last_eval if record.keys() & last_eval.keys() else None)
       if bar is not None:
         bar.update(1)
       if guard.should_stop(step):
@@ -248,12 +265,15 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
     bar.close()
   if stopped and is_main:
     print(f"[{task.name}] {stopped}: stopping at step {step}; saving a checkpoint", flush=True)
-  if not stopped and not last_eval and (task.eval_fn or task.eval_batches):
-    last_eval = evaluate(state)  # eval_every = 0, or resumed a finished run: evaluate once
-    if step > start:
-      writer.write(step, last_eval)
-  ckpt.save(step, state, data, metrics=last_eval or None, force=True)
-  ckpt.wait()
+  with ckpt.finish_on_error():
+    if not stopped and last_eval_step is None and (task.eval_fn or task.eval_batches):
+      last_eval = save_then_evaluate(step, state, force=True)  # eval_every = 0, or resumed a
+      if step > start and last_eval:                           # finished run: evaluate once
+        writer.write(step, last_eval)
+    else:
+      ckpt.save(step, state, data, metrics=last_eval if last_eval_step == step else None,
+                force=True)
+    ckpt.wait()
   ckpt.close()
   writer.close()
   curves = None

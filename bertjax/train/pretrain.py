@@ -62,6 +62,8 @@ class SyntheticIterator:
   """Random pretraining batches, a pure function of (seed, batch index): same global batch for
   any process count, each process yielding its own rows. get_state/set_state like grain's."""
 
+  global_position = True  # batches_read counts global batches (bertjax.checkpoint)
+
   def __init__(self, cfg, phase: int = 0, seed: int = 0, process_index: int = 0,
                process_count: int = 1):
     self.b, self.s, self.p = phase_shapes(cfg, phase)
@@ -189,7 +191,7 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
                             for _ in range(t.eval_batches)]
   else:
     from bertjax.data.pipeline import make_pretrain_iterator
-    from bertjax.data.prepare import prepare_corpus
+    from bertjax.data.prepare_hosts import prepare_once
     from bertjax.data.tokenizer import load_tokenizer
     _check_paths(cfg)
     tok = load_tokenizer(d.tokenizer, d.do_lower_case)
@@ -200,7 +202,7 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
       print(f"[pretrain] preparing {d.corpus} -> {prepared} (once; reused on later runs)",
             flush=True)
     t0 = time.time()
-    manifest = prepare_corpus(d, prepared, num_workers=d.num_workers)
+    manifest = prepare_once(d, prepared, num_workers=d.num_workers)  # process 0; others wait
     if pi == 0:
       from bertjax.data.prepare import format_summary
       print("\n".join(f"[pretrain] {line}" for line in format_summary(manifest).splitlines()[:2])
@@ -219,6 +221,11 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
     phase2 = lambda: iterator("train", 1, d.seed + 1)
 
     def eval_batches():
+      if manifest["splits"]["heldout"]["pieces"] == 0:  # heldout_fraction=0, or a tiny corpus
+        if pi == 0:
+          print(f"[pretrain] {prepared} has no held-out documents (data.heldout_fraction="
+                f"{d.heldout_fraction}): evaluation skipped", flush=True)
+        return []
       it = iterator("heldout", 0, d.seed + 2)
       out = []
       for _ in range(t.eval_batches):
