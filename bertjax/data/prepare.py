@@ -19,9 +19,9 @@ import glob
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
-import socket
 import time
 import warnings
 
@@ -103,7 +103,7 @@ def prepare_corpus(data_cfg, out_dir: str, num_workers: int = 0) -> dict:
   # has succeeded, so a bad corpus (an error below) leaves a good prepared dir as it was.
   # Staging dirs are named by host and pid: only this host's, of processes that are gone
   # (killed runs), are removed; another host's pid means nothing here.
-  host = socket.gethostname()
+  host = platform.node()  # the hostname, without importing a network module
   for old_stage in glob.glob(os.path.join(out_dir, ".preparing-*")):
     owner, _, pid = os.path.basename(old_stage)[len(".preparing-"):].rpartition("-")
     if owner == host and pid.isdigit() and not _alive(int(pid)):
