@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -56,6 +55,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import bertjax
+from bertjax.data.tokenizer import file_sha256
 from bertjax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -102,14 +102,6 @@ def _get(d: dict, dotted: str):
   return d
 
 
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def tokenizer_files(path: str) -> list[str]:
   """The files that make up a tokenizer: a SentencePiece .model (+ its .vocab) or a vocab.txt."""
   files = [path]
@@ -121,7 +113,7 @@ def tokenizer_files(path: str) -> list[str]:
 
 def tokenizer_identity(path: str) -> dict:
   """What identifies a tokenizer across machines: its file name and the SHA-256 of its bytes."""
-  return {"file": os.path.basename(path), "sha256": _sha256(path)}
+  return {"file": os.path.basename(path), "sha256": file_sha256(path)}
 
 
 _tokenizer_identity = tokenizer_identity  # the Checkpointer argument shadows the name

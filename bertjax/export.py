@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ import numpy as np
 
 import bertjax
 from bertjax import bundle, interop
+from bertjax.data.tokenizer import file_sha256
 from bertjax.errors import UserError
 
 TASK_RECORD = "task.json"
@@ -53,14 +53,6 @@ def bertjax_commit() -> Optional[str]:
   except (OSError, subprocess.SubprocessError):
     return None
   return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def task_head(job) -> dict:
@@ -162,7 +154,7 @@ def _workdir_tokenizer(root: str, meta: dict, cfg: dict, record: dict, where: st
     candidates.append(checkpoint.tokenizer_files(original))
   for files in candidates:
     if files and all(os.path.isfile(p) for p in files) and (
-        want is None or _sha256(files[0]) == want):
+        want is None or file_sha256(files[0]) == want):
       return files
   found = ", ".join(c[0] for c in candidates) or "none"
   raise UserError(f"{where}: none of the tokenizer files found ({found}) has the SHA-256 the "

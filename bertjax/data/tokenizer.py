@@ -26,7 +26,7 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SPM_WORD_PREFIX = "\u2581"  # '▁' marks a SentencePiece piece that follows a space
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -63,7 +63,7 @@ class Tokenizer:
   def identity(self) -> dict:
     """What a prepared corpus / checkpoint records to detect a tokenizer change."""
     return {"kind": self.kind, "vocab_size": int(self.vocab_size),
-            "sha256": _sha256(self.path), "do_lower_case": bool(self.do_lower_case),
+            "sha256": file_sha256(self.path), "do_lower_case": bool(self.do_lower_case),
             "file": os.path.basename(self.path)}
 
   def files(self) -> list[str]:
