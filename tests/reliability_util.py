@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -373,3 +374,22 @@ def _deny_network(log_path: str) -> None:
 
   socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
   socket.getaddrinfo = getaddrinfo
+
+
+class SignalAt:
+  """Wraps an iterator; sends SIGTERM to this process when batch `k` is drawn."""
+
+  def __init__(self, it, k):
+    self.it, self.k, self.n = it, k, 0
+
+  def __next__(self):
+    self.n += 1
+    if self.n == self.k:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return next(self.it)
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, s):
+    self.it.set_state(s)

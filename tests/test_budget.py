@@ -5,10 +5,11 @@ Budget: ~35 s of CPU (one tiny MLM-only model on synthetic batches, two compiles
 import copy
 import json
 import os
-import signal
 
 import numpy as np
 import pytest
+
+import reliability_util as R
 
 from bertjax import config as config_lib
 from bertjax.config import base_config, model_config
@@ -77,25 +78,6 @@ def _tiny_mlm_cfg():
   return c
 
 
-class _SignalAt:
-  """Wraps an iterator; sends SIGTERM to this process when batch `k` is drawn."""
-
-  def __init__(self, it, k):
-    self.it, self.k, self.n = it, k, 0
-
-  def __next__(self):
-    self.n += 1
-    if self.n == self.k:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return next(self.it)
-
-  def get_state(self):
-    return self.it.get_state()
-
-  def set_state(self, s):
-    self.it.set_state(s)
-
-
 def test_budget_resume_keeps_the_schedule(tmp_path):
   wd = str(tmp_path / "run")
   cfg = _tiny_mlm_cfg()
@@ -103,7 +85,7 @@ def test_budget_resume_keeps_the_schedule(tmp_path):
   assert cfg.train.num_steps == 10 and rec["num_steps"] == 10
   task = pretrain_task(cfg, synthetic=True)
   assert task.model.nsp is False  # objective mlm builds no NSP head
-  task.train_iter = _SignalAt(task.train_iter, 4)
+  task.train_iter = R.SignalAt(task.train_iter, 4)
   part = train(task, cfg, wd, progress=False)
   assert part["stopped"] == "SIGTERM" and part["steps"] == 4
   assert "nsp" not in part["state"].params

@@ -4,11 +4,12 @@ two phases, exact resume after SIGTERM, evaluation, curves, config errors before
 Budget: this file ~1-2 min on 2 busy cores (tiny model, synthetic batches)."""
 import json
 import os
-import signal
 
 import jax
 import numpy as np
 import pytest
+
+import reliability_util as R
 
 from bertjax import cli, sharding as shd
 from bertjax.config import base_config, model_config
@@ -80,25 +81,6 @@ def test_accumulation_4x8_equals_1x32():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-class _SignalAt:
-  """Wraps an iterator; sends SIGTERM to this process when batch `k` is drawn."""
-
-  def __init__(self, it, k):
-    self.it, self.k, self.n = it, k, 0
-
-  def __next__(self):
-    self.n += 1
-    if self.n == self.k:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return next(self.it)
-
-  def get_state(self):
-    return self.it.get_state()
-
-  def set_state(self, s):
-    self.it.set_state(s)
-
-
 def _two_phase_cfg():
   cfg = tiny_cfg(dropout=0.1)
   cfg.train.num_steps, cfg.train.phase2_start = 6, 4
@@ -133,7 +115,7 @@ def test_two_phases_eval_and_exact_resume_after_sigterm(tmp_path):
 
   # SIGTERM while drawing batch 2: the step finishes, a checkpoint is saved, train returns.
   task = pretrain_task(cfg, synthetic=True)
-  task.train_iter = _SignalAt(task.train_iter, 2)  # batch n feeds step n
+  task.train_iter = R.SignalAt(task.train_iter, 2)  # batch n feeds step n
   part = train(task, cfg, str(tmp_path / "resumed"), progress=False)
   assert part["stopped"] == "SIGTERM" and part["steps"] == 2
   # Same command again: resumes at step 2 (params, optimizer, RNG, data), crosses phase 2.
