@@ -88,3 +88,18 @@ def test_loss_diff_first_steps_and_run():
   d = fc.loss_diff([1.0, 2.0, 3.0], [1.0, 2.5, 3.25], first=2)
   assert d == {"steps_2": 0.5, "steps_3": 0.5}
   assert re.fullmatch(r"steps_\d+", next(iter(fc.loss_diff([1.0], [1.0]))))
+
+
+def test_finetune_help_states_the_optimizer_defaults():
+  """`bertjax finetune --help` lists each optimizer default beside Trainer's: the values it
+  prints must be the ones default_config() sets."""
+  from bertjax.tasks.cli import FINETUNE_HELP
+  from bertjax.tasks.finetune import default_config
+  cfg = default_config()
+  for key in ("optim.eps", "optim.clip_norm", "optim.weight_decay",
+              "finetune.warmup_proportion"):
+    m = re.search(rf"^  {re.escape(key)} +(\S+) ", FINETUNE_HELP, re.M)
+    assert m, key
+    section, field = key.split(".")
+    assert float(m.group(1)) == cfg[section][field], key
+  assert f"lr {cfg.optim.learning_rate:.0e}".replace("e-0", "e-") in FINETUNE_HELP
