@@ -287,7 +287,9 @@ def peer_tagging(args, log) -> dict:
   preds = [[labels[0]] * len(s.words) for s in dev]  # a word left unscored: the first tag
   with torch.no_grad():
     for i in range(0, len(dev), 64):
-      best = model(**{k: torch.as_tensor(enc[k][i:i + 64]) for k in keys[:3]}).logits.argmax(-1)
+      with _autocast(args):
+        logits = model(**{k: torch.as_tensor(enc[k][i:i + 64]) for k in keys[:3]}).logits
+      best = logits.float().argmax(-1)
       for r, row in enumerate(best.numpy(), i):
         for j in np.flatnonzero(enc["word_ids"][r] >= 0):
           preds[r][enc["word_ids"][r][j]] = labels[row[j]]
