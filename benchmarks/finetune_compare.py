@@ -387,6 +387,8 @@ def ours_cmd(args, workdir: str) -> list[str]:
          f"--config.finetune.max_eval_examples={args.max_eval}",
          "--config.finetune.eval_every=1000000", "--config.checkpoint.every_steps=1000000",
          "--config.finetune.predict_test=false", f"--config.model.dtype={args.dtype}"]
+  if args.batching:
+    cmd += [f"--config.finetune.batching={args.batching}"]
   if args.deterministic:
     cmd += ["--config.train.log_every=1",  # every step's loss, to set beside the peer's
             "--config.model.hidden_dropout_prob=0.0",
@@ -468,6 +470,10 @@ def main(argv=None) -> int:
   p.add_argument("--dynamic-padding", action="store_true",
                  help="peer (classification): each batch padded to its longest row, as "
                       "transformers' DataCollatorWithPadding, instead of to --seq")
+  p.add_argument("--batching", default="", choices=["", "pack", "bucket", "pad"],
+                 help="ours: finetune.batching (default: bertjax's, pack). SQuAD: pack's span "
+                      "softmax runs over each example's own tokens; pad's over the whole padded "
+                      "row, as transformers' and BERT's run_squad")
   p.add_argument("--deterministic", action="store_true",
                  help="both sides without dropout and with a zero-initialised head: no random "
                       "draw left, so the two runs differ only by arithmetic")
