@@ -403,7 +403,7 @@ def seeded_summary(runs: dict) -> dict:
 
 def handover(args) -> dict:
   """Fine-tune the deterministic run's checkpoint on both sides (two processes at once)."""
-  src = run_dir(args, "deterministic", "ours", 0)
+  src = args.handover_from or run_dir(args, "deterministic", "ours", 0)
   hf = os.path.join(args.out, "handover", "hf")
   bertjax = str(REPO / ".venv" / "bin" / "bertjax")
   subprocess.run([bertjax, "export", src, hf, "--format", "hf", "--overwrite"], check=True)
@@ -411,7 +411,8 @@ def handover(args) -> dict:
             "--ours-init", os.path.join(src, "export"), "--deterministic",
             "--max-train", str(args.ft_max_train), "--epochs", str(args.ft_epochs),
             "--lr", str(args.ft_lr), "--seq", str(args.ft_seq), "--batch", str(args.ft_batch),
-            "--threads", str(args.threads)]
+            "--threads", str(args.threads)] + (["--dynamic-padding"] if args.ft_dynamic_padding
+                                               else [])
   outs = {side: os.path.join(args.out, "handover", side) for side in ("ours", "peer")}
   procs = {"ours": subprocess.Popen([sys.executable] + common + ["--side", "ours", "--out",
                                                                   outs["ours"]]),
@@ -424,7 +425,7 @@ def handover(args) -> dict:
          for side, out in outs.items()}
   a, b = rec["ours"]["dev_predictions"], rec["peer"]["dev_predictions"]
   same = sum(x == y for x, y in zip(a, b))
-  return {"command": " ".join(["python"] + common + ["--side", "ours|peer"]),
+  return {"source": src, "command": " ".join(["python"] + common + ["--side", "ours|peer"]),
           "agreement": same / len(a), "rows": len(a), "differing_rows": len(a) - same,
           "ours_metrics": rec["ours"]["metrics"], "peer_metrics": rec["peer"]["metrics"],
           "steps": [rec["ours"]["steps"], rec["peer"]["steps"]],
@@ -525,6 +526,10 @@ def main(argv=None) -> int:
   p.add_argument("--ft-epochs", type=float, default=1.0)
   p.add_argument("--ft-lr", type=float, default=2e-4)
   p.add_argument("--ft-batch", type=int, default=32)
+  p.add_argument("--ft-dynamic-padding", action="store_true",
+                 help="handover peer: pad each batch to its longest row (same function, less work)")
+  p.add_argument("--handover-from", default="",
+                 help="handover: a `bertjax pretrain` workdir (default: the deterministic run's)")
   p.add_argument("--ft-seq", type=int, default=64)
   args = p.parse_args(argv)
   args.out = os.path.abspath(args.out)

@@ -104,3 +104,34 @@ def test_trainer_steps_equal_flax_reference(tmp_path):
                              atol=1e-5 * moved + 1e-7, rtol=0)
   np.testing.assert_allclose(final["mlm_output_bias"], params["cls"]["predictions"]["bias"],
                              atol=1e-6, rtol=1e-4)
+
+
+def test_peer_schedule_is_ours():
+  """The schedule benchmarks/pretrain_compare.py writes out for torch is bertjax's, step by step."""
+  from benchmarks import pretrain_compare as pc
+  from bertjax.optim import make_schedule
+  cfg = tiny_cfg()
+  cfg.optim.warmup_steps, cfg.train.num_steps, cfg.optim.end_learning_rate = 7, 40, 1e-5
+  factor = pc._lr_factor(pc.recipe(cfg))
+  ours = make_schedule(cfg.optim, cfg.train.num_steps)
+  for t in range(cfg.train.num_steps + 3):
+    np.testing.assert_allclose(factor(t) * cfg.optim.learning_rate, float(ours(t)), rtol=1e-6,
+                               atol=1e-12)
+
+
+def test_compare_params_and_steps(tmp_path):
+  from safetensors.numpy import save_file
+  from benchmarks import pretrain_compare as pc
+  a = {"x": np.ones((2, 3), np.float32), "y": np.full(4, 2.0, np.float32)}
+  b = {"x": np.ones((2, 3), np.float32), "y": np.array([2.0, 2.0, 2.0, 2.2], np.float32)}
+  save_file(a, str(tmp_path / "a.safetensors"))
+  save_file(b, str(tmp_path / "b.safetensors"))
+  p = pc.compare_params(str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"))
+  assert p["worst_tensor"] == "y" and p["max_abs"] == pytest.approx(0.2, rel=1e-5)
+  assert p["rel_l2"] == pytest.approx(0.2 / np.sqrt(6 + 12 + 2.2 ** 2), rel=1e-5)
+  ours = [{"loss": 1.0, "mlm_loss": 0.5, "nsp_loss": 0.5, "grad_norm": 2.0, "lr": 0.0}] * 3
+  peer = [dict(r) for r in ours]
+  peer[2] = dict(peer[2], loss=1.001)
+  s = pc.compare_steps(ours, peer, 1e-4)
+  assert s["loss"]["first_step_above_tol"] == 3 and s["loss"]["at_step"] == 3
+  assert s["mlm_loss"]["max_rel"] == 0.0 and s["mlm_loss"]["first_step_above_tol"] is None
