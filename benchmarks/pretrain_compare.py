@@ -339,7 +339,10 @@ def compare_steps(ours: list[dict], peer: list[dict], tol: float) -> dict:
     worst = max(range(len(rel)), key=rel.__getitem__)
     above = next((i + 1 for i, x in enumerate(rel) if x > tol), None)
     out[k] = {"max_rel": rel[worst], "at_step": worst + 1, "first_step_above_tol": above,
-              "max_rel_first_100": max(rel[:100]), "median_rel": sorted(rel)[len(rel) // 2]}
+              "max_rel_first_100": max(rel[:100]), "median_rel": sorted(rel)[len(rel) // 2],
+              "steps_compared": len(rel),
+              "max_rel_upto": {n: max(rel[:n]) for n in (10, 50, 100, 150, 200, 250, 300)
+                               if n <= len(rel)}}
   out["lr_max_abs_diff"] = max(abs(a["lr"] - b["lr"]) for a, b in zip(ours, peer))
   return out
 
@@ -434,22 +437,38 @@ def handover(args) -> dict:
 
 
 def rounding(args) -> dict:
-  """The control: bertjax against itself, the same run on 2 devices (gradients all-reduced,
-  so summed in another order) instead of 1. Its drift from the 1-device run is what float32
-  rounding alone does over these steps; the deterministic comparison is read against it."""
+  """The same bertjax run on 2 devices (data parallel: gradients all-reduced, so summed in
+  another order) instead of 1. Set beside the peer it is a second deterministic comparison;
+  set beside the 1-device run it is the control: how far float32 rounding alone moves bertjax
+  from itself over these steps (steps compared: those both runs have, so a 1-device run still
+  in progress can be read)."""
+  from bertjax.train import metrics as mlib
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   done = run_dir(args, "rounding", "ours", 0) + ".json"
-  if not os.path.isfile(done):  # (a finished control is reused)
+  if not os.path.isfile(done):  # (a finished run is reused)
     subprocess.run([sys.executable, __file__, "--side", "ours", "--part", "rounding", "--out",
                     args.out, "--vocab", args.vocab], check=True, env=env)
   two = json.load(open(done))
-  one = json.load(open(os.path.join(args.out, "compare.json")))["deterministic"]["ours"]
-  return {"ours_2dev": two, "steps": compare_steps(two["steps"], one["steps"], args.tol),
-          "params": compare_params(os.path.join(run_dir(args, "rounding", "ours", 0),
-                                                "final.safetensors"),
-                                   os.path.join(run_dir(args, "deterministic", "ours", 0),
-                                                "final.safetensors"))}
+  final = lambda part, side: os.path.join(run_dir(args, part, side, 0), "final.safetensors")
+  out = {"ours_2dev": two}
+  peer_json = os.path.join(run_dir(args, "deterministic", "peer", 0), "run.json")
+  if os.path.isfile(peer_json):
+    peer = json.load(open(peer_json))
+    out["vs_peer"] = {"steps": compare_steps(two["steps"], peer["steps"], args.tol),
+                      "params": compare_params(final("rounding", "ours"),
+                                               final("deterministic", "peer")),
+                      "eval": {"ours_2dev": two["eval"], "peer": peer["eval"]},
+                      "labels_path_check": peer.get("labels_path_check")}
+  one_dir = run_dir(args, "deterministic", "ours", 0)
+  if os.path.isfile(os.path.join(one_dir, mlib.METRICS_FILE)):
+    one = [r for r in mlib.read_metrics(one_dir) if "loss" in r]
+    out["vs_ours_1dev"] = {"steps": compare_steps(two["steps"], one, args.tol),
+                           "num_steps": min(len(one), len(two["steps"]))}
+    if os.path.isfile(final("deterministic", "ours")):
+      out["vs_ours_1dev"]["params"] = compare_params(final("rounding", "ours"),
+                                                     final("deterministic", "ours"))
+  return out
 
 
 def save(path: str, update: dict) -> None:
@@ -480,13 +499,22 @@ def print_summary(record: dict, tol: float) -> None:
       print(f"{side}: " + ", ".join(f"{k} {v:.4f}" for k, v in det[side]["eval"].items())
             + f"; {det[side]['wall_s']:.0f}s")
   rnd = record.get("rounding")
-  if rnd:
-    print("\n## rounding control: bertjax on 2 devices vs 1 (dropout off)\n| quantity | max rel "
-          "diff | at step | max rel, steps 1-100 |\n|---|---|---|---|")
+  for key, title in (("vs_peer", "bertjax on 2 devices vs transformers (dropout off)"),
+                     ("vs_ours_1dev", "rounding control: bertjax on 2 devices vs 1")):
+    if not rnd or key not in rnd:
+      continue
+    r = rnd[key]
+    print(f"\n## {title}\n| quantity | max rel diff | at step | first step > {tol:g} | "
+          "max rel, steps 1-100 | median |\n|---|---|---|---|---|---|")
     for k in STEP_KEYS:
-      s = rnd["steps"][k]
-      print(f"| {k} | {s['max_rel']:.2e} | {s['at_step']} | {s['max_rel_first_100']:.2e} |")
-    print(f"final params: rel L2 {rnd['params']['rel_l2']:.2e}")
+      s = r["steps"][k]
+      print(f"| {k} | {s['max_rel']:.2e} | {s['at_step']} | {s['first_step_above_tol']} | "
+            f"{s['max_rel_first_100']:.2e} | {s['median_rel']:.2e} |")
+    if "params" in r:
+      print(f"final params: rel L2 {r['params']['rel_l2']:.2e}, max abs "
+            f"{r['params']['max_abs']:.2e} (worst {r['params']['worst_tensor']})")
+    if "eval" in r:
+      print(f"held-out: {r['eval']}")
   seeded = record.get("seeded")
   if seeded:
     print("\n## seeded (dropout 0.1)\n| metric | ours (per seed) | peer (per seed) | mean gap | "
