@@ -540,7 +540,8 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0, help="(internal: the peer's seed)")
   p.add_argument("--seeds", default="0,1,2", help="seeded part: seeds per side")
   p.add_argument("--steps", type=int, default=300)
-  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--batch", type=int, default=4,
+                 help="sequences per step (small: 300 steps x 2 sides must fit a loaded CPU)")
   p.add_argument("--lr", type=float, default=5e-4, help="peak lr (configs/bert_mini.py's)")
   p.add_argument("--warmup", type=int, default=30)
   p.add_argument("--eval-batches", type=int, default=8)
