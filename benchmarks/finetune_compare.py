@@ -376,7 +376,8 @@ def peer_main(args) -> dict:
 
 def ours_cmd(args, workdir: str) -> list[str]:
   cmd = [str(REPO / ".venv" / "bin" / "bertjax"), "finetune", "--task", args.task,
-         "--data", args.data, "--init", args.init, "--workdir", workdir, "--no-progress",
+         "--data", args.data, "--init", args.ours_init or args.init, "--workdir", workdir,
+         "--no-progress",
          f"--config.optim.learning_rate={args.lr}", f"--config.optim.eps={args.eps}",
          f"--config.optim.weight_decay={args.weight_decay}", "--config.optim.clip_norm=1.0",
          f"--config.finetune.warmup_proportion={args.warmup}",
@@ -448,6 +449,9 @@ def main(argv=None) -> int:
   p.add_argument("--out", required=True)
   p.add_argument("--data", default="")
   p.add_argument("--init", default="")
+  p.add_argument("--ours-init", default="",
+                 help="ours: another --init holding the same weights (e.g. the bertjax bundle "
+                      "that --init, a Hugging Face export, was written from); default --init")
   p.add_argument("--lr", type=float, default=5e-5)
   p.add_argument("--eps", type=float, default=1e-6)
   p.add_argument("--weight-decay", type=float, default=0.01)
