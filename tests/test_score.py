@@ -18,7 +18,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["model.hidden_size=32", "model.num_hidden_layers=1", "model.num_attention_heads=2",
          "model.intermediate_size=64", "train.num_steps=6", "train.budget_minutes=0",
          "train.phase2_start=0", "train.global_batch_size=8", "train.log_every=2",
-         "train.eval_every=0", "train.eval_batches=2", "checkpoint.every_steps=0"]
+         "train.eval_every=0", "train.eval_batches=2", "checkpoint.every_steps=0",
+         "mesh.data=1"]
 
 
 @pytest.fixture(scope="module")
