@@ -93,7 +93,7 @@ def score_heldout(workdir: str, prepared_dir: str, *, masked_lm_prob: float = 0.
 
 
 def train_padding_fraction(cfg, prepared_dir: str, batches: int = 20, phase: int = 0) -> float:
-  """Share of pad slots (input_mask == 0) in the first `batches` training batches of `cfg`'s
+  """Share of pad slots (input_mask == 0; packed rows hold document numbers 1, 2, ...) in the first `batches` training batches of `cfg`'s
   recipe (phase 0 or 1) on PREPARED_DIR: what the train step computes on and throws away."""
   from bertjax.train.pretrain import pretrain_task
   c = copy.deepcopy(cfg)
@@ -104,7 +104,7 @@ def train_padding_fraction(cfg, prepared_dir: str, batches: int = 20, phase: int
   real = slots = 0
   for _ in range(batches):
     try:
-      mask = np.asarray(next(it)["input_mask"])          # [B, S]
+      mask = np.asarray(next(it)["input_mask"]) > 0      # [B, S]; packed rows number documents
     except StopIteration:
       break
     real += int(mask.sum())
