@@ -47,6 +47,12 @@ RUNS = {
     "1b-fsdp16-remat": ("accel_tpu_v5e256_1b.py", "v5e-256", "pretrain",
                         ["--config.model.remat=true"], "fsdp 16 + remat"),
 }
+# The target list, each compiled with the smallest model: that the slice's compiler and topology
+# work from this machine (the full-size runs above cover v5e-32, v5e-256, v4-32 and h100x8).
+TINY = ["--config.train.global_batch_size=1024"]
+RUNS.update({f"{t.replace('-', '_')}-tiny": ("bert_tiny.py", t, "pretrain", TINY,
+                                             "BERT-Tiny b1024, both phases: the target compiles")
+             for t in ("v4-8", "v4-32", "v5e-8", "v5e-256", "v5p-128", "h100x8")})
 
 
 def command(name: str, json_path: str = "") -> list[str]:
@@ -107,7 +113,7 @@ def write_markdown(results: dict, meta: dict) -> None:
     for r in run["reports"]:
       lines.append(_row(run, r))
     if run["error"]:
-      lines.append(f"| {name} | {RUNS[name][1]} | | | | | | | **{run['error'][:160]}** | | | |")
+      lines.append(f"| {name} | {RUNS[name][1]} | | | | | | | **{run['error'][:400]}** | | | |")
   lines += ["", "Commands:", ""]
   lines += [f"- {name} ({results[name]['note']}; {results[name]['date'][:16]}Z, commit "
             f"{results[name]['commit']}): `{results[name]['command']}`"
@@ -123,14 +129,17 @@ def main(argv: list[str]) -> int:
     return 2
   import jax
   from importlib.metadata import version
-  results = json.loads(OUT_JSON.read_text())["runs"] if OUT_JSON.exists() else {}
   meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                    capture_output=True, text=True).stdout.strip(),
           "jax": jax.__version__, "libtpu": version("libtpu")}
   for name in names:
     print(f"[compile_targets] {name}: {' '.join(command(name))}", flush=True)
-    results[name] = dict(run_one(name), **meta)
+    result = dict(run_one(name), **meta)
+    result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    # Re-read before writing, so runs written meanwhile by another invocation are kept.
+    results = json.loads(OUT_JSON.read_text())["runs"] if OUT_JSON.exists() else {}
+    results[name] = result
     print(f"[compile_targets] {name}: exit {results[name]['returncode']} "
           f"{results[name]['error']}", flush=True)
     OUT_JSON.write_text(json.dumps({"runs": results}, indent=1) + "\n")

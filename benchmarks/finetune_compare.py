@@ -13,9 +13,21 @@ decay not on biases and LayerNorm, linear warmup + decay, global-norm clip 1.0, 
 max_seq_length, padding to max_seq_length), the same training subset and the same example
 order (epoch e = numpy permutation from (seed, e), the batches a stream over epochs). Each side
 uses its own standard preprocessing and head: bertjax's readers/featurizers, and for the peer
-BertTokenizerFast + BertForSequenceClassification / BertForQuestionAnswering with
-transformers' run_qa-style windows (offset mapping, overflowing tokens, n-best decoding). Both
-score with bertjax.metrics (the official formulas). Wall time: whole fine-tuning run (training
+BertTokenizerFast + BertForSequenceClassification / BertForTokenClassification /
+BertForQuestionAnswering with transformers' run_ner-style labels (each word's first sub-token,
+the rest -100) and run_qa-style windows (offset mapping, overflowing tokens, n-best decoding).
+Both score with bertjax.metrics (the official formulas).
+
+Tagging (`--task pos` / `--task conll2003`) reads CoNLL columns; the default data is what
+benchmarks/make_tagging_data.py writes to runs/tagdata (silver UPOS + gazetteer IOB2 NER over
+State of the Union sentences). SQuAD windows: `--stride-overlap -1` (the default) gives the peer
+the windows bertjax makes (a new window every --doc-stride tokens: transformers' `stride`, the
+overlap, is set per question length to max_context - doc_stride), so both train on the same
+features; a value >= 0 is run_qa's fixed overlap instead.
+With --deterministic, compare.json records each side's per-step losses and their largest
+difference over the first 20 steps and over the run (`loss_diff`), and the dev predictions
+compared one by one: labels (classification), tags per token (tagging), answers per question
+(SQuAD). Wall time: whole fine-tuning run (training
 + the final dev evaluation), measured the same way on both sides, sequentially, on the same
 machine. Results: OUT/compare.json and a markdown table on stdout.
 """
@@ -40,7 +52,86 @@ def default_init() -> str:
 
 
 DATA = {"sst2": "../shared/data/glue/SST-2", "mrpc": "../shared/data/glue/MRPC",
-        "cola": "../shared/data/glue/CoLA", "squad": "../shared/data/squad"}
+        "cola": "../shared/data/glue/CoLA", "squad": "../shared/data/squad",
+        "pos": "runs/tagdata", "conll2003": "runs/tagdata"}
+TAGGING = ("pos", "conll2003")
+
+
+# --------------------------------------------------------------- the peer's features (no torch)
+# transformers' standard preprocessing, as functions of a BertTokenizerFast, so tests can set
+# them beside bertjax's featurizers without torch.
+
+def tagging_labels(sentences) -> list[str]:
+  """bertjax's tag order (bertjax.tasks.finetune._labels): "O" first, then sorted."""
+  tags = sorted({t for s in sentences for t in s.tags})
+  return (["O"] + [t for t in tags if t != "O"]) if "O" in tags else tags
+
+
+def hf_tagging_features(tok, sentences, labels: list[str], seq: int) -> dict:
+  """run_ner: words pre-split, truncated at seq, the label on each word's first sub-token and
+  -100 (ignored by the loss) elsewhere. -> input_ids, token_type_ids, attention_mask, labels
+  [N, seq] and word_ids [N, seq] (-1 where no word's label sits), truncated (sentences cut)."""
+  import numpy as np
+  index = {t: i for i, t in enumerate(labels)}
+  enc = tok([s.words for s in sentences], is_split_into_words=True, truncation=True,
+            max_length=seq, padding="max_length")
+  y = np.full((len(sentences), seq), -100, np.int64)
+  words = np.full((len(sentences), seq), -1, np.int64)
+  truncated = 0
+  for i, s in enumerate(sentences):
+    prev, seen = None, set()
+    for j, w in enumerate(enc.word_ids(i)):
+      if w is not None and w != prev:
+        y[i, j] = index.get(s.tags[w], 0)
+        words[i, j] = w
+        seen.add(w)
+      prev = w
+    truncated += len(seen) < len(s.words)
+  out = {k: np.asarray(enc[k], np.int64) for k in ("input_ids", "token_type_ids",
+                                                   "attention_mask")}
+  return dict(out, labels=y, word_ids=words, truncated=truncated)
+
+
+def hf_squad_features(tok, examples, seq: int, stride_overlap: int, doc_stride: int,
+                      training: bool):
+  """run_qa's preprocessing: question first, the context truncated into overlapping windows,
+  offsets mapping tokens back to context characters. stride_overlap >= 0: run_qa's fixed
+  overlap; < 0: the overlap that starts a window every doc_stride tokens (BERT's run_squad,
+  bertjax), which depends on the question's length, so questions are grouped by it.
+  -> (enc: dict of per-feature lists, sample [F] example index, starts [F], ends [F])."""
+  if stride_overlap >= 0:
+    groups = {stride_overlap: list(range(len(examples)))}
+  else:
+    qlen = tok([e.question.lstrip() for e in examples], add_special_tokens=False)["input_ids"]
+    groups = {}
+    for i, q in enumerate(qlen):
+      groups.setdefault(max(0, seq - len(q) - 3 - doc_stride), []).append(i)
+  rows = []  # (example index, window number, feature)
+  for stride, idx in groups.items():
+    exs = [examples[i] for i in idx]
+    enc = tok([e.question.lstrip() for e in exs], [e.context for e in exs],
+              truncation="only_second", max_length=seq, stride=stride,
+              return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")
+    window = {}
+    for f, k in enumerate(enc["overflow_to_sample_mapping"]):
+      e = exs[k]
+      seq_ids = enc.sequence_ids(f)
+      off = enc["offset_mapping"][f]
+      start = end = 0
+      if training:
+        a0 = e.answer_starts[0]
+        a1 = a0 + len(e.answers[0])
+        ctx = [j for j, s in enumerate(seq_ids) if s == 1]
+        if off[ctx[0]][0] <= a0 and off[ctx[-1]][1] >= a1:
+          start = next(j for j in ctx if off[j][1] > a0)
+          end = [j for j in ctx if off[j][0] < a1][-1]
+      feat = {key: enc[key][f] for key in ("input_ids", "token_type_ids", "attention_mask")}
+      feat["offset_mapping"] = [o if seq_ids[j] == 1 else None for j, o in enumerate(off)]
+      window[k] = window.get(k, -1) + 1
+      rows.append((idx[k], window[k], feat, start, end))
+  rows.sort(key=lambda r: r[:2])
+  enc = {key: [r[2][key] for r in rows] for key in rows[0][2]} if rows else {}
+  return enc, [r[0] for r in rows], [r[3] for r in rows], [r[4] for r in rows]
 
 
 # --------------------------------------------------------------- the peer (PyTorch)
@@ -173,6 +264,43 @@ def peer_classification(args, log) -> dict:
           "dev_predictions": dev_predictions}
 
 
+def peer_tagging(args, log) -> dict:
+  import numpy as np
+  import torch
+  from transformers import BertForTokenClassification, BertTokenizerFast
+  from bertjax.tasks import registry
+  spec = registry.get(args.task)
+  train = spec.read(args.data, "train", None)[:args.max_train or None]
+  dev = spec.read(args.data, spec.eval_splits[0], None)[:args.max_eval or None]
+  labels = tagging_labels(train)
+  tok = BertTokenizerFast.from_pretrained(args.init)
+  torch.manual_seed(args.seed)
+  model = BertForTokenClassification.from_pretrained(args.init, num_labels=len(labels),
+                                                     **_peer_dropout(args))
+  _peer_zero_head(args, model.classifier)
+  t0 = time.time()
+  feats = hf_tagging_features(tok, train, labels, args.seq)
+  keys = ("input_ids", "token_type_ids", "attention_mask", "labels")
+  steps, train_s = _train(model, {k: torch.as_tensor(feats[k]) for k in keys}, args, log)
+  model.eval()
+  enc = hf_tagging_features(tok, dev, labels, args.seq)
+  preds = [[labels[0]] * len(s.words) for s in dev]  # a word left unscored: the first tag
+  with torch.no_grad():
+    for i in range(0, len(dev), 64):
+      with _autocast(args):
+        logits = model(**{k: torch.as_tensor(enc[k][i:i + 64]) for k in keys[:3]}).logits
+      best = logits.float().argmax(-1)
+      for r, row in enumerate(best.numpy(), i):
+        for j in np.flatnonzero(enc["word_ids"][r] >= 0):
+          preds[r][enc["word_ids"][r][j]] = labels[row[j]]
+  result = spec.metrics(preds, [s.tags for s in dev])
+  return {"metrics": result, "steps": steps, "train_s": train_s, "wall_s": time.time() - t0,
+          "train_seq_per_s": steps * args.batch / train_s,
+          "num_train": len(train), "num_eval": len(dev), "labels": labels,
+          "truncated": {"train": feats["truncated"], "dev": enc["truncated"]},
+          "losses": args.peer_losses, "dev_predictions": [t for p in preds for t in p]}
+
+
 def peer_squad(args, log) -> dict:
   import collections
   import numpy as np
@@ -187,31 +315,7 @@ def peer_squad(args, log) -> dict:
   tok = BertTokenizerFast.from_pretrained(args.init)
 
   def features(exs, training):
-    # transformers' run_qa preprocessing: question first, context truncated into windows that
-    # overlap by `stride` tokens, offsets mapping tokens back to context characters.
-    enc = tok([e.question.lstrip() for e in exs], [e.context for e in exs],
-              truncation="only_second", max_length=args.seq, stride=args.stride_overlap,
-              return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")
-    sample = enc.pop("overflow_to_sample_mapping")
-    offsets = enc["offset_mapping"]
-    starts, ends = [], []
-    for i, off in enumerate(offsets):
-      seq_ids = enc.sequence_ids(i)
-      e = exs[sample[i]]
-      if training:
-        a0 = e.answer_starts[0]
-        a1 = a0 + len(e.answers[0])
-        ctx = [j for j, s in enumerate(seq_ids) if s == 1]
-        if off[ctx[0]][0] > a0 or off[ctx[-1]][1] < a1:
-          starts.append(0)
-          ends.append(0)
-        else:
-          s = next(j for j in ctx if off[j][1] > a0)
-          t = [j for j in ctx if off[j][0] < a1][-1]
-          starts.append(s)
-          ends.append(t)
-      enc["offset_mapping"][i] = [o if seq_ids[k] == 1 else None for k, o in enumerate(off)]
-    return enc, sample, starts, ends
+    return hf_squad_features(tok, exs, args.seq, args.stride_overlap, args.doc_stride, training)
 
   torch.manual_seed(args.seed)
   model = BertForQuestionAnswering.from_pretrained(args.init, **_peer_dropout(args))
@@ -259,7 +363,9 @@ def peer_main(args) -> dict:
 
   def log(msg):
     print(f"[peer] {msg}", flush=True)
-  out = peer_squad(args, log) if args.task == "squad" else peer_classification(args, log)
+  peer = (peer_squad if args.task == "squad" else peer_tagging if args.task in TAGGING
+          else peer_classification)
+  out = peer(args, log)
   import transformers
   out.update(torch=torch.__version__, transformers=transformers.__version__,
              threads=torch.get_num_threads())
@@ -281,6 +387,8 @@ def ours_cmd(args, workdir: str) -> list[str]:
          f"--config.finetune.max_eval_examples={args.max_eval}",
          "--config.finetune.eval_every=1000000", "--config.checkpoint.every_steps=1000000",
          "--config.finetune.predict_test=false", f"--config.model.dtype={args.dtype}"]
+  if args.batching:
+    cmd += [f"--config.finetune.batching={args.batching}"]
   if args.deterministic:
     cmd += ["--config.train.log_every=1",  # every step's loss, to set beside the peer's
             "--config.model.hidden_dropout_prob=0.0",
@@ -314,6 +422,8 @@ def ours_main(args) -> dict:
     pred_path = json.load(f)["predictions"][split]
   if pred_path.endswith(".json"):  # SQuAD: {qid: answer text}
     dev_predictions = json.load(open(pred_path))
+  elif pred_path.endswith(".conll"):  # tagging: `word gold predicted`, one token a line
+    dev_predictions = [l.split()[2] for l in open(pred_path, encoding="utf-8") if l.strip()]
   else:                            # GLUE-style TSV: index, prediction
     dev_predictions = [l.split("\t")[1] for l in open(pred_path).read().splitlines()[1:]]
   return {"metrics": res[split], "steps": max(r["step"] for r in rows), "wall_s": wall,
@@ -321,6 +431,13 @@ def ours_main(args) -> dict:
           "dev_predictions": dev_predictions,
           "train_seq_per_s": sum(speeds) / len(speeds) if speeds else None,
           "command": " ".join(cmd)}
+
+
+def loss_diff(ours: list, peer: list, first: int = 20) -> dict:
+  """Largest |ours - peer| per-step training loss over the first `first` steps and the run."""
+  n = min(len(ours), len(peer))
+  d = [abs(a - b) for a, b in zip(ours[:n], peer[:n])]
+  return {f"steps_{min(first, n)}": max(d[:first], default=0.0), f"steps_{n}": max(d, default=0.0)}
 
 
 def main(argv=None) -> int:
@@ -343,14 +460,20 @@ def main(argv=None) -> int:
   p.add_argument("--max-eval", type=int, default=0)
   p.add_argument("--article-split", type=int, default=40)
   p.add_argument("--doc-stride", type=int, default=128, help="ours: window start every N tokens")
-  p.add_argument("--stride-overlap", type=int, default=64,
-                 help="peer (transformers run_qa): tokens shared by consecutive windows")
+  p.add_argument("--stride-overlap", type=int, default=-1,
+                 help="peer (transformers run_qa): tokens shared by consecutive windows; -1: "
+                      "per question, the overlap that starts a window every --doc-stride tokens "
+                      "(the windows bertjax makes)")
   p.add_argument("--n-best", type=int, default=20)
   p.add_argument("--max-answer-length", type=int, default=30)
   p.add_argument("--threads", type=int, default=0, help="peer torch threads (0 = default)")
   p.add_argument("--dynamic-padding", action="store_true",
                  help="peer (classification): each batch padded to its longest row, as "
                       "transformers' DataCollatorWithPadding, instead of to --seq")
+  p.add_argument("--batching", default="", choices=["", "pack", "bucket", "pad"],
+                 help="ours: finetune.batching (default: bertjax's, pack). SQuAD: pack's span "
+                      "softmax runs over each example's own tokens; pad's over the whole padded "
+                      "row, as transformers' and BERT's run_squad")
   p.add_argument("--deterministic", action="store_true",
                  help="both sides without dropout and with a zero-initialised head: no random "
                       "draw left, so the two runs differ only by arithmetic")
@@ -386,7 +509,13 @@ def main(argv=None) -> int:
       a, b = [a.get(k) for k in b], list(b.values())
     if len(a) == len(b):
       record["dev_prediction_agreement"] = sum(x == y for x, y in zip(a, b)) / len(a)
-      print(f"dev predictions identical on both sides: {100 * record['dev_prediction_agreement']:.2f}%")
+      record["dev_prediction_counts"] = [sum(x == y for x, y in zip(a, b)), len(a)]
+      print(f"dev predictions identical on both sides: {100 * record['dev_prediction_agreement']:.2f}%"
+            f" ({record['dev_prediction_counts'][0]} / {len(a)})")
+  if record.get("ours", {}).get("losses") and record.get("peer", {}).get("losses"):
+    record["loss_diff"] = loss_diff(record["ours"]["losses"], record["peer"]["losses"])
+    print("per-step training loss, largest |ours - peer|: " + ", ".join(
+        f"steps 1-{k[6:]} {v:.2g}" for k, v in record["loss_diff"].items()))
   json.dump(record, open(path, "w"), indent=1)
   for side in ("ours", "peer"):
     if side in record:

@@ -7,7 +7,7 @@ Global batch 4,096 at S=128, bf16 compute. Its f32 params and Adam moments are 1
 they alone fill a 16 GB chip, so they are split 16 ways over the fsdp axis (ZeRO-3 style; 256
 chips = 16 data x 16 fsdp). Check it before booking the pod:
   bertjax compile --config configs/accel_tpu_v5e256_1b.py --target v5e-256
-docs/targets.md has what the TPU compiler measured: data-only, fsdp and remat.
+docs/targets.md, "FSDP where it matters": why data-only cannot fit, and what is compiled.
 """
 from bertjax.config import base_config, model_config
 

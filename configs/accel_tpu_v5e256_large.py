@@ -6,7 +6,7 @@ Run (on every host of the pod, same command):
 16 sequences per chip at S=128, data parallel; LAMB, the optimizer You et al. 2019 used for
 large-batch BERT (its learning rate here is a starting point to tune, not a measured optimum). Check it before booking the pod:
   bertjax compile --config configs/accel_tpu_v5e256_large.py --target v5e-256
-docs/targets.md has what the TPU compiler measured for it: data-only, fsdp and remat.
+docs/targets.md has what the TPU compiler measured: data only 6.01, fsdp 16 2.19 GiB a chip.
 """
 from bertjax.config import base_config, model_config
 

@@ -22,6 +22,17 @@ Multi-host: the same command on every host with --coordinator HOST:PORT --num-pr
 --process-id I (or let JAX detect a TPU pod / SLURM job); process 0 writes the predictions.
 Defaults: BERT's recipe (AdamW 2e-5, batch 32, 3 epochs, 10% warmup); --config FILE starts
 from a config file instead (configs/finetune_*.py); --config.KEY=VALUE overrides any field.
+
+Optimizer defaults beside transformers' Trainer (4.57), each chosen on purpose:
+  optim.eps           1e-6  BERT's (Trainer and torch AdamW: 1e-8); it matters only for
+                            weights whose gradients are ~1e-6 or smaller: it damps their steps
+  optim.clip_norm     1.0   global-norm clipping, as Trainer's max_grad_norm=1.0 (0 = off; a
+                            plain PyTorch loop without clip_grad_norm_ does not clip)
+  optim.weight_decay  0.01  BERT's (Trainer: 0.0); never on biases or LayerNorm scales, the same
+                            mask as Trainer's when it decays
+  finetune.warmup_proportion 0.1  BERT's (Trainer: warmup_ratio 0); lr 2e-5 (Trainer: 5e-5)
+Trainer's recipe: --config.optim.eps=1e-8 --config.optim.weight_decay=0
+  --config.finetune.warmup_proportion=0 --config.optim.learning_rate=5e-5
 """
 
 

