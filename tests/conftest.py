@@ -6,6 +6,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# model.dtype=auto -> f32 on any test machine (numeric checks compare with f32 references).
+os.environ.setdefault("BERTJAX_FAST_BF16", "0")
 
 import pytest  # noqa: E402
 

@@ -206,6 +206,15 @@ def test_fast_bf16_cpu_flags():
   assert not config.cpu_has_fast_bf16(["model name : avx512_bf16 in a name, not a flag"])
 
 
+def test_fast_bf16_env_pins_auto(monkeypatch):
+  from bertjax import config
+  for value, want in (("1", True), ("0", False)):
+    monkeypatch.setenv("BERTJAX_FAST_BF16", value)
+    config.fast_bf16.cache_clear()
+    assert config.fast_bf16() is want
+  config.fast_bf16.cache_clear()
+
+
 def test_auto_dtype_in_the_model(monkeypatch):
   from bertjax import config, model
   import jax.numpy as jnp
