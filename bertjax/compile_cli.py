@@ -17,7 +17,7 @@ at the chip's peak and at an assumed MFU. No accelerator and no data are needed:
   bertjax compile --config configs/accel_tpu_v5e_base.py --target v5e-32
   bertjax compile --config configs/accel_tpu_v5e_base.py --target v5e-8 --step finetune \\
       --config.train.global_batch_size=64
-  bertjax compile --config configs/bert_large.py --target v5e-256 \\
+  bertjax compile --config configs/bert.py:large --target v5e-256 \\
       --config.train.global_batch_size=4096 --config.mesh.fsdp=16
 
 Exit 2 with one line naming the config field to change when a step does not fit in HBM or a

@@ -49,8 +49,10 @@ def _check_config(cmd: str, w: list[str]) -> None:
   from bertjax.config import load_config, set_key
   overrides = [t for t in w if t.startswith("--config.")]
   if "--config" in w:
+    from bertjax.config import split_config_arg
     path = w[w.index("--config") + 1]
-    assert (REPO / path).is_file(), f"{cmd}: config file {path} does not exist"
+    file, _ = split_config_arg(str(REPO / path))
+    assert pathlib.Path(file).is_file(), f"{cmd}: config file {path} does not exist"
     load_config(str(REPO / path), overrides)   # unknown key or wrong type: UserError
   elif overrides:
     assert w[1] == "finetune", f"{cmd}: overrides without --config"
