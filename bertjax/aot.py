@@ -22,7 +22,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from bertjax import sharding as shd
+from bertjax import config_steps, sharding as shd
 from bertjax import targets as targets_lib
 from bertjax.config import validate
 from bertjax.errors import UserError
@@ -245,10 +245,7 @@ def compile_steps(cfg, target: Optional[targets_lib.Target], *, step: str = "pre
   mesh = shd.make_mesh(cfg.mesh, devs)
   n = shd.mesh_size(mesh)
   if step == "finetune":
-    with cfg.unlocked():  # as finetune.build does, so validate checks the fine-tuning shapes
-      cfg.data.max_seq_length = cfg.finetune.max_seq_length
-      cfg.data.max_predictions_per_seq = min(cfg.data.max_predictions_per_seq,
-                                             cfg.finetune.max_seq_length)
+    config_steps.use_finetune_lengths(cfg)  # as finetune.build does: validate checks them
   validate(cfg, n)
   built = pretrain_steps(cfg, mesh) if step == "pretrain" else finetune_steps(cfg, mesh)
   hbm = target.chip.hbm_bytes if target else 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 from typing import Any, Optional
 
@@ -31,22 +30,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from bertjax import sharding as shd
-from bertjax.config import resolve_dtype
+from bertjax import config_steps, sharding as shd
 from bertjax.errors import UserError
 from bertjax.heads import POOLINGS, FineTuneModel
 from bertjax.tasks import batching, conll, featurize, glue, registry, squad
 from bertjax.train.task import TrainTask
-
-# Model fields an --init checkpoint decides (the architecture); compute options (dtype, remat,
-# attention_impl, fused_qkv) stay as the config sets them.
-ARCH_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-               "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
-               "initializer_range", "layer_norm_eps", "hidden_dropout_prob",
-               "attention_probs_dropout_prob")
-# Of those, fine-tuning hyper-parameters: the checkpoint's value unless the config sets another
-# (e.g. --config.model.hidden_dropout_prob=0.2), as transformers' from_pretrained(..., kwargs).
-TUNABLE_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 # Keys of a batch the model and loss read; the rest of a feature set is host-side metadata.
 INPUTS = ("input_ids", "segment_ids", "input_mask")
@@ -66,14 +54,7 @@ def load_init(cfg) -> tuple[Optional[dict], str, bool]:
     return None, cfg.data.tokenizer, cfg.data.do_lower_case
   from bertjax import bundle
   params, model_cfg, tok_path, lower = bundle.load_encoder(f.init)
-  from bertjax.config import model_config
-  defaults = model_config()
-  with cfg.model.unlocked():
-    for k in ARCH_FIELDS:
-      if k in TUNABLE_FIELDS and cfg.model[k] != defaults[k]:
-        continue  # set by the user: an override, not the checkpoint's
-      if k in model_cfg:
-        cfg.model[k] = model_cfg[k]
+  config_steps.adopt_checkpoint_model(cfg, model_cfg)
   encoder = params["bert"] if "bert" in params else params
   return encoder, tok_path, lower
 
@@ -369,12 +350,10 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
     raise UserError(f"--config.finetune.batching={f.batching!r}: use one of "
                     f"{', '.join(batching.MODES)}")
   buckets = batching.bucket_lengths(f.bucket_lengths, f.max_seq_length)
-  with cfg.unlocked():
-    cfg.model.dtype = resolve_dtype(cfg.model.dtype)   # auto -> this machine's fast dtype
+  config_steps.resolve_model_dtype(cfg)
 
   encoder_params, tok_path, lower = load_init(cfg)
-  with cfg.unlocked():
-    cfg.data.tokenizer = tok_path  # the checkpoint records and copies the tokenizer in use
+  config_steps.use_checkpoint_tokenizer(cfg, tok_path)
   tok = tokenizer or load_tokenizer(tok_path, lower)
   if tok.vocab_size > cfg.model.vocab_size:
     raise UserError(f"tokenizer {tok_path} has {tok.vocab_size} tokens but model.vocab_size="
@@ -382,9 +361,7 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
   if f.max_seq_length > cfg.model.max_position_embeddings:
     raise UserError(f"finetune.max_seq_length={f.max_seq_length} exceeds the model's "
                     f"max_position_embeddings={cfg.model.max_position_embeddings}")
-  with cfg.unlocked():
-    cfg.data.max_seq_length = f.max_seq_length  # so config.validate checks it too
-    cfg.data.max_predictions_per_seq = min(cfg.data.max_predictions_per_seq, f.max_seq_length)
+  config_steps.use_finetune_lengths(cfg)
 
   def cap(xs, n):
     return xs[:n] if n else xs
@@ -412,15 +389,8 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
   train_arrays = {k: train_feats[k] for k in keep}
 
   mesh = mesh if mesh is not None else shd.make_mesh(cfg.mesh)
-  n_train = len(train_arrays["input_ids"])
+  config_steps.set_finetune_schedule(cfg, len(train_arrays["input_ids"]))
   batch = t.global_batch_size
-  num_steps = max(1, math.ceil(f.num_epochs * n_train / batch))
-  steps_per_epoch = max(1, math.ceil(n_train / batch))
-  with cfg.unlocked():
-    t.num_steps = num_steps
-    if f.warmup_proportion >= 0:
-      cfg.optim.warmup_steps = int(f.warmup_proportion * num_steps)
-    t.eval_every = f.eval_every or steps_per_epoch
 
   model = FineTuneModel(cfg.model, spec.family, len(labels) if labels else 1, f.pooling)
   n_dev = shd.mesh_size(mesh)
