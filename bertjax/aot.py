@@ -26,10 +26,8 @@ from bertjax import config_steps, sharding as shd
 from bertjax import targets as targets_lib
 from bertjax.config import validate
 from bertjax.errors import UserError
-from bertjax.optim import make_optimizer
 from bertjax.train import metrics as mlib
-from bertjax.train.state import abstract_state
-from bertjax.train.step import make_train_step
+from bertjax.train import setup
 
 # Assumed model-FLOPs utilisation for the "expected" step time: a round figure for BERT-size
 # models with bf16 matmuls (tuned BERT-large pretraining reports roughly 40-60%).
@@ -133,14 +131,8 @@ def _abstract_batch(spec: dict, mesh) -> dict:
 
 def _train_step(task, cfg, mesh, spec: dict):
   """(StepFn, abstract state, abstract batch): what loop.train compiles for this batch."""
-  t = cfg.train
-  tx, schedule = make_optimizer(cfg.optim, t.num_steps, task.frozen)
-  abstract, shardings = abstract_state(task.init_params, tx, t.seed, spec, mesh)
-  step = make_train_step(task.loss_fn, tx, mesh, shardings, schedule=schedule,
-                         grad_accum_steps=t.grad_accum_steps,
-                         loss_denominators=task.loss_denominators, frozen=task.frozen,
-                         nan_policy=t.nan_policy)
-  return step, abstract, _abstract_batch(spec, mesh)
+  pieces = setup.build(task, cfg, mesh, spec)
+  return pieces.make_step(), pieces.abstract, _abstract_batch(spec, mesh)
 
 
 def pretrain_steps(cfg, mesh) -> list:
