@@ -157,13 +157,13 @@ def finetune_steps(cfg, mesh) -> list:
   Tasks whose labels come from the data (conll2003, tsv...) get a 9-way head (CoNLL NER's).
   """
   from bertjax.heads import FineTuneModel
+  from bertjax.tasks import families, registry
   from bertjax.tasks import finetune as ft
-  from bertjax.tasks import registry
   from bertjax.train.task import TrainTask
   f, b = cfg.finetune, cfg.train.global_batch_size
   spec = registry.get(f.task or "sst2")
-  fam = spec.family
-  num_labels = len(spec.labels) if spec.labels else (1 if fam in ("regression", "span") else 9)
+  fam = families.get(spec.family)
+  num_labels = len(spec.labels) if spec.labels else (fam.fixed_num_labels or 9)
   model = FineTuneModel(cfg.model, fam, num_labels, f.pooling)
 
   def init_params(rng, example):
@@ -174,16 +174,9 @@ def finetune_steps(cfg, mesh) -> list:
                    loss_fn=functools.partial(ft.loss_fn, model, fam), train_iter=iter(()),
                    frozen=ft.freeze_predicate(f.freeze, f.freeze_layers))
   s = f.max_seq_length
-  i32, f32 = jnp.int32, jnp.float32
-  batch = {k: jax.ShapeDtypeStruct((b, s), i32) for k in ft.INPUTS}
-  batch.update({
-      "classification": {"label": jax.ShapeDtypeStruct((b,), i32)},
-      "regression": {"label": jax.ShapeDtypeStruct((b,), f32)},
-      "tagging": {"label_ids": jax.ShapeDtypeStruct((b, s), i32),
-                  "label_weights": jax.ShapeDtypeStruct((b, s), f32)},
-      "span": {"start_positions": jax.ShapeDtypeStruct((b,), i32),
-               "end_positions": jax.ShapeDtypeStruct((b,), i32)},
-  }[fam])
+  batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in families.INPUTS}
+  batch.update({k: jax.ShapeDtypeStruct((b, s) if per == "token" else (b,), dtype)
+                for k, (per, dtype) in fam.targets.items()})
   step, state, abatch = _train_step(task, cfg, mesh, batch)
   # Encoder FLOPs (the formula without MLM predictions); the task head is a few H x C matmuls.
   frozen = "" if f.freeze == "none" else f", freeze={f.freeze}: the formula counts a full backward"

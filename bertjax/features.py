@@ -116,20 +116,16 @@ def make_forward(model, mesh, layers: tuple[int, ...], pool: str):
   import jax.numpy as jnp
 
   from bertjax import sharding as shd
+  from bertjax.heads import pool as pool_fn
 
   def forward(params, batch):
     _, pooler, hidden = model.apply({"params": params}, batch["input_ids"],
                                     batch["segment_ids"], batch["input_mask"],
                                     deterministic=True, output_hidden_states=True)
     out = {f"layer_{k}": hidden[k].astype(jnp.float32) for k in layers}        # [B, S, H]
-    last = hidden[-1].astype(jnp.float32)                                      # [B, S, H]
-    if pool == "cls":
-      out["pooled"] = last[:, 0]                                               # [B, H]
-    elif pool == "mean":
-      m = batch["input_mask"].astype(jnp.float32)[..., None]                   # [B, S, 1]
-      out["pooled"] = (last * m).sum(1) / jnp.maximum(m.sum(1), 1.0)           # [B, H]
-    elif pool == "pooler":
-      out["pooled"] = pooler.astype(jnp.float32)                               # [B, H]
+    if pool != "none":  # the fine-tuning heads' pooling (cls | mean | pooler) of the last layer
+      out["pooled"] = pool_fn(hidden[-1], pooler, batch["input_mask"],
+                              pool).astype(jnp.float32)                        # [B, H]
     return out
 
   return jax.jit(forward, in_shardings=(shd.replicated(mesh), shd.batch_sharding(mesh)),
@@ -207,9 +203,8 @@ class Extractor:
     from bertjax import sharding as shd
     feats = self.featurize(examples)
     n = len(examples)
-    pad = self.batch_size - n
-    batch = {k: np.concatenate([feats[k], np.repeat(feats[k][:1], pad, 0)]) if pad else feats[k]
-             for k in ("input_ids", "segment_ids", "input_mask")}
+    batch = shd.pad_rows({k: feats[k] for k in ("input_ids", "segment_ids", "input_mask")},
+                         self.batch_size)                                     # [batch_size, S]
     out = jax.device_get(self.forward(self.params, shd.shard_batch(batch, self.mesh)))
     return feats, {k: np.asarray(v)[:n] for k, v in out.items()}
 
