@@ -309,6 +309,13 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
                       f"drop ':{arg}'")
     cfg = module.get_config(arg)
   check_known_keys(cfg, path)
+  return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict,
+                    overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Lock `cfg` (no new fields from here on) and apply `--config.KEY=VALUE` overrides in order;
+  returns it. The one place command-line overrides reach a config."""
   cfg.lock()
   for item in overrides:
     key, sep, text = item.partition("=")

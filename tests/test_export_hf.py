@@ -42,7 +42,7 @@ from safetensors.numpy import load_file
 from bertjax import bundle, export, interop, metrics
 from bertjax.errors import UserError
 from bertjax.heads import FineTuneModel
-from bertjax.interop_cli import import_hf
+from bertjax.cli.import_hf import import_hf
 from bertjax.tasks import families, finetune
 
 
