@@ -145,6 +145,62 @@ class Throughput:
     self.start = time.time()
 
 
+class TrainLog:
+  """What the loop reports, on process 0: metrics.jsonl and TensorBoard at log and evaluation
+  steps, the progress bar (or plain lines off a terminal), throughput and MFU, and the updates
+  skipped as non-finite. `after_step` also applies train.nan_policy=stop."""
+
+  def __init__(self, task: TrainTask, t, workdir: str, start: int, num_devices: int,
+               progress: bool, is_main: bool):
+    self.task, self.t, self.num_devices = task, t, num_devices
+    self.progress, self.is_main = progress, is_main
+    self.writer = mlib.MetricsWriter(workdir, start)
+    self.peak = mlib.peak_flops_per_device(getattr(t, "peak_tflops", 0.0))
+    self.bar = _progress(t.num_steps, start, progress and is_main)
+    self.window, self.finite, self.flops, self.last_train = Throughput(), [], None, {}
+
+  def after_step(self, step: int, m: dict, gbatch: dict) -> dict:
+    """After each step: the step's record of train metrics (empty except at log steps)."""
+    t, name = self.t, self.task.name
+    self.finite.append(m["finite"])
+    self.window.add(m, next(iter(gbatch.values())).shape)  # [B, S] of the global batch
+    if self.task.flops_per_step is not None:
+      self.flops = self.task.flops_per_step({k: v.shape for k, v in gbatch.items()})
+    if not (step % t.log_every == 0 or step == t.num_steps):
+      return {}
+    m = jax.device_get(m)
+    skipped = _check_finite(self.finite, step, t.nan_policy)
+    if skipped and self.is_main:            # nan_policy=skip: say so, the weights were kept
+      (self.bar.write if self.bar is not None else print)(
+          f"[{name}] skipped {len(skipped)} update(s) with a non-finite loss or "
+          f"gradient (steps {', '.join(map(str, skipped[:5]))}"
+          f"{', ...' if len(skipped) > 5 else ''}); the weights before them were kept")
+    self.finite.clear()
+    record = combine_host({k: v for k, v in m.items() if k != "finite"})
+    record.update(self.window.take(self.flops, self.peak, self.num_devices))
+    self.last_train = dict(record)
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f"{record['loss']:.3f}",
+                           seq_s=f"{record.get('seq_per_s', 0):.1f}", refresh=False)
+    elif self.progress and self.is_main:
+      print(f"[{name}] step {step}/{t.num_steps} loss {record['loss']:.4f} "
+            f"{record.get('seq_per_s', 0):.1f} seq/s", flush=True)
+    return record
+
+  def write(self, step: int, record: dict) -> None:
+    if record:
+      self.writer.write(step, record)
+
+  def end_step(self, step: int, record: dict) -> None:
+    self.write(step, record)
+    if self.bar is not None:
+      self.bar.update(1)
+
+  def close_bar(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
 def _check_finite(flags: list, step: int, nan_policy: str) -> list[int]:
   """The steps since the last log whose update was skipped as non-finite; nan_policy=stop
   raises at the first one instead."""
@@ -219,11 +275,8 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
     return evaluate(state)
 
   # 4. the loop
-  writer = mlib.MetricsWriter(workdir, start)
-  peak = mlib.peak_flops_per_device(getattr(t, "peak_tflops", 0.0))
-  bar = _progress(t.num_steps, start, progress and is_main)
-  step, stopped, last_train, last_eval, last_eval_step = start, "", {}, {}, None
-  finite_flags, window, flops = [], Throughput(), None
+  log = TrainLog(task, t, workdir, start, num_devices, progress, is_main)
+  step, stopped, last_eval, last_eval_step = start, "", {}, None
   with PreemptionGuard() as guard, ckpt.finish_on_error():
     while step < t.num_steps:
       if data.ensure_phase(step):
@@ -241,67 +294,40 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
         steps[data.phase] = pieces.make_step()
       state, m = steps[data.phase](state, gbatch)
       step += 1
-      finite_flags.append(m["finite"])
-      window.add(m, next(iter(gbatch.values())).shape)  # [B, S] of the global batch
-      if task.flops_per_step is not None:
-        flops = task.flops_per_step({k: v.shape for k, v in gbatch.items()})
-
-      record = {}
-      if step % t.log_every == 0 or step == t.num_steps:
-        m = jax.device_get(m)
-        skipped = _check_finite(finite_flags, step, t.nan_policy)
-        if skipped and is_main:            # nan_policy=skip: say so, the weights were kept
-          (bar.write if bar is not None else print)(
-              f"[{task.name}] skipped {len(skipped)} update(s) with a non-finite loss or "
-              f"gradient (steps {', '.join(map(str, skipped[:5]))}"
-              f"{', ...' if len(skipped) > 5 else ''}); the weights before them were kept")
-        finite_flags.clear()
-        record = combine_host({k: v for k, v in m.items() if k != "finite"})
-        record.update(window.take(flops, peak, num_devices))
-        last_train = dict(record)
-        if bar is not None:
-          bar.set_postfix(loss=f"{record['loss']:.3f}",
-                          seq_s=f"{record.get('seq_per_s', 0):.1f}", refresh=False)
-        elif progress and is_main:
-          print(f"[{task.name}] step {step}/{t.num_steps} loss {record['loss']:.4f} "
-                f"{record.get('seq_per_s', 0):.1f} seq/s", flush=True)
+      record = log.after_step(step, m, gbatch)
       if t.eval_every and (step % t.eval_every == 0 or step == t.num_steps):
         last_eval, last_eval_step = save_then_evaluate(step, state), step
         record.update(last_eval)
-        window.restart()  # evaluation time is not training throughput
+        log.window.restart()  # evaluation time is not training throughput
       else:
         ckpt.save(step, state, data)
-      if record:
-        writer.write(step, record)
-      if bar is not None:
-        bar.update(1)
+      log.end_step(step, record)
       if guard.should_stop(step):
         stopped = guard.signal_name or "signal"
         break
 
   # 5. final save, evaluation, curves
-  if bar is not None:
-    bar.close()
+  log.close_bar()
   if stopped:
     say(f"{stopped}: stopping at step {step}; saving a checkpoint")
   with ckpt.finish_on_error():
     if not stopped and last_eval_step is None and evaluate.enabled:
       last_eval = save_then_evaluate(step, state, force=True)  # eval_every = 0, or resumed a
-      if step > start and last_eval:                           # finished run: evaluate once
-        writer.write(step, last_eval)
+      if step > start:                                         # finished run: evaluate once
+        log.write(step, last_eval)
     else:
       ckpt.save(step, state, data, metrics=last_eval if last_eval_step == step else None,
                 force=True)
     ckpt.wait()
   ckpt.close()
-  writer.close()
+  log.writer.close()
   curves = None
   if is_main and mlib.read_metrics(workdir):
     curves = os.path.abspath(mlib.plot(workdir))
   return {
       "task": task.name, "steps": step, "num_steps": t.num_steps, "resumed_from": resumed_from,
       "stopped": stopped, "devices": num_devices, "processes": jax.process_count(),
-      "train": last_train, "eval": last_eval,
+      "train": log.last_train, "eval": last_eval,
       "checkpoint": ckpt.step_dir(step), "workdir": os.path.abspath(workdir),
       "metrics": os.path.join(os.path.abspath(workdir), mlib.METRICS_FILE), "curves": curves,
       "compiles": {phase: s.traces for phase, s in steps.items()},
