@@ -20,7 +20,6 @@ import os
 import time
 
 import jax
-import numpy as np
 
 from bertjax import sharding as shd
 from bertjax.checkpoint import Checkpointer, PreemptionGuard
@@ -70,11 +69,6 @@ class PhasedData:
     self.it.set_state(saved["bytes"].encode() if "bytes" in saved else saved["state"])
 
 
-def _place_params(tree, shardings):
-  """Host (numpy) params -> global arrays on `shardings` (every process holds the same values)."""
-  return jax.tree_util.tree_map(
-      lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
-      tree, shardings)
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -223,12 +217,7 @@ def _restore_or_init(ckpt, pieces, data, first, is_main):
     if is_main:
       print(f"[{task.name}] resumed from {ckpt.step_dir(start)} (step {start})", flush=True)
     return state, start, None, start  # the iterator now sits where the checkpoint left it
-  state = pieces.init_state()
-  if task.load_pretrained is not None:
-    host = jax.tree_util.tree_map(np.asarray, jax.device_get(state.params))
-    state = state.replace(params=_place_params(task.load_pretrained(host),
-                                               pieces.shardings.params))
-  return state, 0, first, None
+  return pieces.init_state(load=task.load_pretrained), 0, first, None
 
 
 def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = True) -> dict:

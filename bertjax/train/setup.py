@@ -32,10 +32,11 @@ class Pieces:
   abstract: Any                      # TrainState of ShapeDtypeStructs with shardings
   shardings: Any                     # TrainState of NamedShardings
 
-  def init_state(self):
-    """A fresh TrainState from train.seed, initialised directly into its shardings."""
+  def init_state(self, load=None):
+    """A fresh TrainState from train.seed, initialised directly into its shardings; `load`
+    (e.g. the task's load_pretrained) puts pretrained values in (train.state.create_state)."""
     return create_state(self.task.init_params, self.tx, self.cfg.train.seed, self.example,
-                        self.mesh)
+                        self.mesh, load=load)
 
   def make_step(self, *, donate: bool = True) -> StepFn:
     """The jitted train step of config.train (accumulation, NaN policy, reduction)."""
