@@ -41,10 +41,8 @@ def run_ours(case: dict) -> dict:
   import jax
   from bertjax import sharding as shd
   from bertjax.hostmem import keep_freed_memory
-  from bertjax.optim import make_optimizer
   from bertjax.tasks import finetune
-  from bertjax.train.state import abstract_state, create_state
-  from bertjax.train.step import make_train_step
+  from bertjax.train import setup
   keep_freed_memory()                       # as the CLI does on CPU
   rng = np.random.default_rng(0)
   words = ["the", "film", "was", "not", "good", "bad", "at", "all", "story", "actors"]
@@ -58,13 +56,11 @@ def run_ours(case: dict) -> dict:
     cfg.train.global_batch_size = case["batch"]
     cfg.model.dtype = case["dtype"]
     job = finetune.build(cfg)
-  task, t = job.task, cfg.train
-  tx, schedule = make_optimizer(cfg.optim, t.num_steps, task.frozen)
+  task = job.task
   host_batch = next(task.train_iter)
-  _, shardings = abstract_state(task.init_params, tx, t.seed, host_batch, job.mesh)
-  state = create_state(task.init_params, tx, t.seed, host_batch, job.mesh)
-  step = make_train_step(task.loss_fn, tx, job.mesh, shardings, schedule=schedule,
-                         loss_denominators=task.loss_denominators, frozen=task.frozen)
+  pieces = setup.build(task, cfg, job.mesh, host_batch)   # the trainer's own pieces
+  state = pieces.init_state()
+  step = pieces.make_step()
   batch = shd.shard_batch(host_batch, job.mesh)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()

@@ -113,11 +113,9 @@ def run_case(case: dict) -> dict:
   from bertjax import config as config_lib
   from bertjax import model as model_lib
   from bertjax import sharding as shd
-  from bertjax.optim import make_optimizer
   from bertjax.train import metrics as mlib
+  from bertjax.train import setup
   from bertjax.train.pretrain import pretrain_task
-  from bertjax.train.state import abstract_state, create_state
-  from bertjax.train.step import make_train_step
 
   # Ablations put back what the model did before each speed-up.
   if not case["mixed_bwd"]:
@@ -142,12 +140,10 @@ def run_case(case: dict) -> dict:
   mesh = shd.make_mesh(cfg.mesh)
   config_lib.validate(cfg, shd.mesh_size(mesh))
   task = pretrain_task(cfg, synthetic=True)
-  tx, schedule = make_optimizer(cfg.optim, t.num_steps)
   host_batch = next(task.train_iter)
-  _, shardings = abstract_state(task.init_params, tx, t.seed, host_batch, mesh)
-  state = create_state(task.init_params, tx, t.seed, host_batch, mesh)
-  step = make_train_step(task.loss_fn, tx, mesh, shardings, schedule=schedule,
-                         loss_denominators=task.loss_denominators, donate=case["donate"])
+  pieces = setup.build(task, cfg, mesh, host_batch)   # the trainer's own pieces
+  state = pieces.init_state()
+  step = pieces.make_step(donate=case["donate"])
   batch = shd.shard_batch(host_batch, mesh)
 
   t0 = time.perf_counter()

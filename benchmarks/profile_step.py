@@ -40,10 +40,8 @@ def build(size: str, dtype: str, seq: int, batch: int, preds: int):
   keep_freed_memory()
   from bertjax import config as config_lib
   from bertjax import sharding as shd
-  from bertjax.optim import make_optimizer
+  from bertjax.train import setup
   from bertjax.train.pretrain import pretrain_task
-  from bertjax.train.state import abstract_state, create_state
-  from bertjax.train.step import make_train_step
   cfg = config_lib.base_config()
   cfg.model = config_lib.model_config(size)
   cfg.model.dtype = dtype
@@ -51,13 +49,10 @@ def build(size: str, dtype: str, seq: int, batch: int, preds: int):
   cfg.train.global_batch_size = batch
   mesh = shd.make_mesh(cfg.mesh)
   task = pretrain_task(cfg, synthetic=True)
-  tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps)
   host_batch = next(task.train_iter)
-  _, shardings = abstract_state(task.init_params, tx, cfg.train.seed, host_batch, mesh)
-  state = create_state(task.init_params, tx, cfg.train.seed, host_batch, mesh)
-  step = make_train_step(task.loss_fn, tx, mesh, shardings, schedule=schedule,
-                         loss_denominators=task.loss_denominators, donate=False)
-  return cfg, task, tx, state, shd.shard_batch(host_batch, mesh), step
+  pieces = setup.build(task, cfg, mesh, host_batch)   # the trainer's own pieces
+  return (cfg, task, pieces.tx, pieces.init_state(), shd.shard_batch(host_batch, mesh),
+          pieces.make_step(donate=False))
 
 
 def parts(cfg, task, tx, state, batch, step) -> dict:

@@ -22,14 +22,12 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from bertjax import sharding as shd
+from bertjax import config_steps, sharding as shd
 from bertjax import targets as targets_lib
 from bertjax.config import validate
 from bertjax.errors import UserError
-from bertjax.optim import make_optimizer
 from bertjax.train import metrics as mlib
-from bertjax.train.state import abstract_state
-from bertjax.train.step import make_train_step
+from bertjax.train import setup
 
 # Assumed model-FLOPs utilisation for the "expected" step time: a round figure for BERT-size
 # models with bf16 matmuls (tuned BERT-large pretraining reports roughly 40-60%).
@@ -133,14 +131,8 @@ def _abstract_batch(spec: dict, mesh) -> dict:
 
 def _train_step(task, cfg, mesh, spec: dict):
   """(StepFn, abstract state, abstract batch): what loop.train compiles for this batch."""
-  t = cfg.train
-  tx, schedule = make_optimizer(cfg.optim, t.num_steps, task.frozen)
-  abstract, shardings = abstract_state(task.init_params, tx, t.seed, spec, mesh)
-  step = make_train_step(task.loss_fn, tx, mesh, shardings, schedule=schedule,
-                         grad_accum_steps=t.grad_accum_steps,
-                         loss_denominators=task.loss_denominators, frozen=task.frozen,
-                         nan_policy=t.nan_policy)
-  return step, abstract, _abstract_batch(spec, mesh)
+  pieces = setup.build(task, cfg, mesh, spec)
+  return pieces.make_step(), pieces.abstract, _abstract_batch(spec, mesh)
 
 
 def pretrain_steps(cfg, mesh) -> list:
@@ -165,13 +157,13 @@ def finetune_steps(cfg, mesh) -> list:
   Tasks whose labels come from the data (conll2003, tsv...) get a 9-way head (CoNLL NER's).
   """
   from bertjax.heads import FineTuneModel
+  from bertjax.tasks import families, registry
   from bertjax.tasks import finetune as ft
-  from bertjax.tasks import registry
   from bertjax.train.task import TrainTask
   f, b = cfg.finetune, cfg.train.global_batch_size
   spec = registry.get(f.task or "sst2")
-  fam = spec.family
-  num_labels = len(spec.labels) if spec.labels else (1 if fam in ("regression", "span") else 9)
+  fam = families.get(spec.family)
+  num_labels = len(spec.labels) if spec.labels else (fam.fixed_num_labels or 9)
   model = FineTuneModel(cfg.model, fam, num_labels, f.pooling)
 
   def init_params(rng, example):
@@ -182,16 +174,9 @@ def finetune_steps(cfg, mesh) -> list:
                    loss_fn=functools.partial(ft.loss_fn, model, fam), train_iter=iter(()),
                    frozen=ft.freeze_predicate(f.freeze, f.freeze_layers))
   s = f.max_seq_length
-  i32, f32 = jnp.int32, jnp.float32
-  batch = {k: jax.ShapeDtypeStruct((b, s), i32) for k in ft.INPUTS}
-  batch.update({
-      "classification": {"label": jax.ShapeDtypeStruct((b,), i32)},
-      "regression": {"label": jax.ShapeDtypeStruct((b,), f32)},
-      "tagging": {"label_ids": jax.ShapeDtypeStruct((b, s), i32),
-                  "label_weights": jax.ShapeDtypeStruct((b, s), f32)},
-      "span": {"start_positions": jax.ShapeDtypeStruct((b,), i32),
-               "end_positions": jax.ShapeDtypeStruct((b,), i32)},
-  }[fam])
+  batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in families.INPUTS}
+  batch.update({k: jax.ShapeDtypeStruct((b, s) if per == "token" else (b,), dtype)
+                for k, (per, dtype) in fam.targets.items()})
   step, state, abatch = _train_step(task, cfg, mesh, batch)
   # Encoder FLOPs (the formula without MLM predictions); the task head is a few H x C matmuls.
   frozen = "" if f.freeze == "none" else f", freeze={f.freeze}: the formula counts a full backward"
@@ -245,10 +230,7 @@ def compile_steps(cfg, target: Optional[targets_lib.Target], *, step: str = "pre
   mesh = shd.make_mesh(cfg.mesh, devs)
   n = shd.mesh_size(mesh)
   if step == "finetune":
-    with cfg.unlocked():  # as finetune.build does, so validate checks the fine-tuning shapes
-      cfg.data.max_seq_length = cfg.finetune.max_seq_length
-      cfg.data.max_predictions_per_seq = min(cfg.data.max_predictions_per_seq,
-                                             cfg.finetune.max_seq_length)
+    config_steps.use_finetune_lengths(cfg)  # as finetune.build does: validate checks them
   validate(cfg, n)
   built = pretrain_steps(cfg, mesh) if step == "pretrain" else finetune_steps(cfg, mesh)
   hbm = target.chip.hbm_bytes if target else 0

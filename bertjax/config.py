@@ -10,6 +10,7 @@ import ast
 import difflib
 import functools
 import importlib.util
+import inspect
 import os
 from typing import Sequence
 
@@ -288,8 +289,19 @@ def set_key(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
     node[parts[-1]] = _parse_value(key, text, current)
 
 
+def split_config_arg(path: str) -> tuple[str, str | None]:
+  """'configs/bert.py:base' -> ('configs/bert.py', 'base'); a plain path -> (path, None).
+  The argument is what follows the last ':' after '.py' (big_vision's `--config file.py:arg`)."""
+  head, sep, arg = path.rpartition(":")
+  if sep and head.endswith(".py") and not os.path.isfile(path):
+    return head, arg
+  return path, None
+
+
 def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """Load `path` (a Python file with get_config()) and apply `key=value` overrides."""
+  """Load `path` (a Python file with get_config(), or `file.py:arg` for get_config(arg)) and
+  apply `key=value` overrides."""
+  path, arg = split_config_arg(path)
   if not os.path.isfile(path):
     raise UserError(f"config file not found: {path}")
   spec = importlib.util.spec_from_file_location(f"_bertjax_config_{abs(hash(path))}", path)
@@ -302,8 +314,21 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     raise UserError(f"{path}: failed to load: {type(e).__name__}: {e}") from None
   if not hasattr(module, "get_config"):
     raise UserError(f"{path}: defines no get_config()")
-  cfg = module.get_config()
+  if arg is None:
+    cfg = module.get_config()
+  else:
+    if not inspect.signature(module.get_config).parameters:
+      raise UserError(f"{path}:{arg}: this config's get_config() takes no argument; "
+                      f"drop ':{arg}'")
+    cfg = module.get_config(arg)
   check_known_keys(cfg, path)
+  return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict,
+                    overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Lock `cfg` (no new fields from here on) and apply `--config.KEY=VALUE` overrides in order;
+  returns it. The one place command-line overrides reach a config."""
   cfg.lock()
   for item in overrides:
     key, sep, text = item.partition("=")

@@ -36,7 +36,6 @@ device on the `data` mesh axis (bertjax.sharding), like training.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -116,20 +115,16 @@ def make_forward(model, mesh, layers: tuple[int, ...], pool: str):
   import jax.numpy as jnp
 
   from bertjax import sharding as shd
+  from bertjax.heads import pool as pool_fn
 
   def forward(params, batch):
     _, pooler, hidden = model.apply({"params": params}, batch["input_ids"],
                                     batch["segment_ids"], batch["input_mask"],
                                     deterministic=True, output_hidden_states=True)
     out = {f"layer_{k}": hidden[k].astype(jnp.float32) for k in layers}        # [B, S, H]
-    last = hidden[-1].astype(jnp.float32)                                      # [B, S, H]
-    if pool == "cls":
-      out["pooled"] = last[:, 0]                                               # [B, H]
-    elif pool == "mean":
-      m = batch["input_mask"].astype(jnp.float32)[..., None]                   # [B, S, 1]
-      out["pooled"] = (last * m).sum(1) / jnp.maximum(m.sum(1), 1.0)           # [B, H]
-    elif pool == "pooler":
-      out["pooled"] = pooler.astype(jnp.float32)                               # [B, H]
+    if pool != "none":  # the fine-tuning heads' pooling (cls | mean | pooler) of the last layer
+      out["pooled"] = pool_fn(hidden[-1], pooler, batch["input_mask"],
+                              pool).astype(jnp.float32)                        # [B, H]
     return out
 
   return jax.jit(forward, in_shardings=(shd.replicated(mesh), shd.batch_sharding(mesh)),
@@ -207,9 +202,8 @@ class Extractor:
     from bertjax import sharding as shd
     feats = self.featurize(examples)
     n = len(examples)
-    pad = self.batch_size - n
-    batch = {k: np.concatenate([feats[k], np.repeat(feats[k][:1], pad, 0)]) if pad else feats[k]
-             for k in ("input_ids", "segment_ids", "input_mask")}
+    batch = shd.pad_rows({k: feats[k] for k in ("input_ids", "segment_ids", "input_mask")},
+                         self.batch_size)                                     # [batch_size, S]
     out = jax.device_get(self.forward(self.params, shd.shard_batch(batch, self.mesh)))
     return feats, {k: np.asarray(v)[:n] for k, v in out.items()}
 
@@ -349,40 +343,3 @@ def load_features(out_dir: str) -> dict:
   if "pooled" in out:
     out["pooled"] = np.concatenate(out["pooled"])
   return out
-
-
-# --------------------------------------------------------------- CLI
-
-HELP = __doc__.split("`load_features")[0]
-
-
-def extract_features_main(argv: list[str]) -> int:
-  p = argparse.ArgumentParser(prog="bertjax extract-features", description=HELP,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--init", required=True, help="bertjax bundle or Hugging Face BERT directory")
-  p.add_argument("--input", required=True, help="UTF-8 text: a sentence or `A ||| B` per line")
-  p.add_argument("--out", required=True, help="output directory (new or empty)")
-  p.add_argument("--layers", default="-1",
-                 help="comma-separated hidden-state indices (0 = embeddings, -1 = last layer) "
-                      "or 'none' (default: -1)")
-  p.add_argument("--pool", default="cls", choices=POOLS, help="pooled vector (default: cls)")
-  p.add_argument("--batch-size", type=int, default=32)
-  p.add_argument("--max-seq-length", type=int, default=128)
-  p.add_argument("--shard-size", type=int, default=1000, help="examples per .npz shard")
-  p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  # "-1,-2" looks like a flag to argparse: glue the value to its option.
-  argv = list(argv)
-  for i, a in enumerate(argv[:-1]):
-    if a == "--layers":
-      argv[i:i + 2] = [f"--layers={argv[i + 1]}"]
-      break
-  args = p.parse_args(argv)
-  if args.shard_size < 1:
-    raise UserError(f"--shard-size {args.shard_size}: must be >= 1")
-  count_examples(args.input)  # bad input fails before the checkpoint is loaded
-  ex = Extractor(args.init, args.layers, args.pool, args.max_seq_length, args.batch_size)
-  meta = ex.run(args.input, args.out, args.shard_size, progress=not args.no_progress)
-  print(json.dumps({"out": os.path.abspath(args.out), "num_examples": meta["num_examples"],
-                    "layers": meta["layers"], "pool": meta["pool"],
-                    "shards": len(meta["shards"])}))
-  return 0

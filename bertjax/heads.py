@@ -1,4 +1,5 @@
-"""Fine-tuning heads on the BERT encoder, and the one model that carries them.
+"""Fine-tuning heads on the BERT encoder, and the one model that carries them. Which head a
+task gets is its family's choice (bertjax.tasks.families: `Family.head`).
 
 Shapes: B = batch, S = sequence, H = hidden, C = labels. As in Hugging Face's BertFor* classes
 (so imported checkpoints fine-tune the same way):
@@ -20,7 +21,7 @@ and a frozen-encoder predicate is `path[0] == "bert"`.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -67,13 +68,28 @@ def pool_packed(seq: Array, input_mask: Array, cls_positions: Array, pooling: st
   raise ValueError(f"unknown pooling {pooling!r}")
 
 
+class Encoded(NamedTuple):
+  """What a head reads from the encoder."""
+  seq: Array                     # [B, S, H] last layer
+  pooled: Array                  # [B, H] BERT's pooler output
+  input_mask: Array              # [B, S] 0/1, or packed rows' example ids
+  cls_positions: Optional[Array]  # [B, K] packed rows: where each example starts; else None
+  pooler_params: Optional[dict]  # the encoder's pooler weights (packed rows' pooler pooling)
+
+
 class ClassificationHead(nn.Module):
-  """[CLS]-pooled vector -> C logits (C = 1: a regression score)."""
+  """The pooled vector (`pooling`) -> C logits (C = 1: a regression score)."""
   num_labels: int
   config: Any
+  pooling: str = "pooler"
 
   @nn.compact
-  def __call__(self, pooled: Array, deterministic: bool) -> Array:
+  def __call__(self, enc: Encoded, deterministic: bool) -> Array:
+    if enc.cls_positions is None:
+      pooled = pool(enc.seq, enc.pooled, enc.input_mask, self.pooling)                # [B, H]
+    else:
+      pooled = pool_packed(enc.seq, enc.input_mask, enc.cls_positions, self.pooling,
+                           enc.pooler_params, self.config)                        # [B, K, H]
     x = nn.Dropout(self.config.hidden_dropout_prob)(pooled, deterministic=deterministic)
     logits = Dense(self.num_labels, self.config, name="dense")(x).astype(jnp.float32)  # [.., C]
     return logits[..., 0] if self.num_labels == 1 else logits                 # [..] | [.., C]
@@ -85,8 +101,8 @@ class TokenClassificationHead(nn.Module):
   config: Any
 
   @nn.compact
-  def __call__(self, seq: Array, deterministic: bool) -> Array:
-    x = nn.Dropout(self.config.hidden_dropout_prob)(seq, deterministic=deterministic)
+  def __call__(self, enc: Encoded, deterministic: bool) -> Array:
+    x = nn.Dropout(self.config.hidden_dropout_prob)(enc.seq, deterministic=deterministic)
     return Dense(self.num_labels, self.config, name="dense")(x).astype(jnp.float32)  # [B, S, C]
 
 
@@ -95,15 +111,16 @@ class SpanHead(nn.Module):
   config: Any
 
   @nn.compact
-  def __call__(self, seq: Array) -> tuple[Array, Array]:
-    logits = Dense(2, self.config, name="dense")(seq).astype(jnp.float32)  # [B, S, 2]
-    return logits[..., 0], logits[..., 1]                                  # [B, S], [B, S]
+  def __call__(self, enc: Encoded, deterministic: bool) -> tuple[Array, Array]:
+    logits = Dense(2, self.config, name="dense")(enc.seq).astype(jnp.float32)  # [B, S, 2]
+    return logits[..., 0], logits[..., 1]                                      # [B, S], [B, S]
 
 
 class FineTuneModel(nn.Module):
-  """BertEncoder ("bert") + one head ("classifier" / "qa_outputs") chosen by `family`."""
+  """BertEncoder ("bert") + the head its family builds ("classifier" / "qa_outputs")."""
   config: Any
-  family: str        # classification | regression | tagging | span
+  # A bertjax.tasks.families.Family: `family.head(config, num_labels, pooling)` is the head.
+  family: Any
   num_labels: int = 2
   pooling: str = "pooler"   # classification / regression input: pooler | cls | mean
 
@@ -116,18 +133,6 @@ class FineTuneModel(nn.Module):
     encoder = BertEncoder(c, name="bert")
     seq, pooled = encoder(input_ids, segment_ids, input_mask, deterministic,
                           position_ids=position_ids)                      # [B, S, H], [B, H]
-    if self.family in ("classification", "regression"):
-      if cls_positions is None:
-        pooled = pool(seq, pooled, input_mask, self.pooling)                           # [B, H]
-      else:
-        pooled = pool_packed(seq, input_mask, cls_positions, self.pooling,
-                             encoder.variables["params"]["pooler"], c)             # [B, K, H]
-    if self.family == "classification":
-      return ClassificationHead(self.num_labels, c, name="classifier")(pooled, deterministic)
-    if self.family == "regression":
-      return ClassificationHead(1, c, name="classifier")(pooled, deterministic)  # [B] | [B, K]
-    if self.family == "tagging":
-      return TokenClassificationHead(self.num_labels, c, name="classifier")(seq, deterministic)
-    if self.family == "span":
-      return SpanHead(c, name="qa_outputs")(seq)
-    raise ValueError(f"unknown head family {self.family!r}")
+    pooler = encoder.variables["params"]["pooler"] if cls_positions is not None else None
+    head = self.family.head(c, self.num_labels, self.pooling)
+    return head(Encoded(seq, pooled, input_mask, cls_positions, pooler), deterministic)

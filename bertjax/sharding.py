@@ -81,6 +81,17 @@ def local_batch_size(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
+def pad_rows(batch: dict, rows: int) -> dict:
+  """A short batch {name: [n, ...]} -> `rows` rows, the extra ones all zeros (a padding row
+  weighs 0 in every metric: its input_mask and label weights are 0). The one way a short
+  evaluation or inference batch is brought to its compiled row count."""
+  n = next(iter(batch.values())).shape[0]
+  if n == rows:
+    return batch
+  return {k: np.concatenate([v, np.zeros((rows - n,) + v.shape[1:], v.dtype)])
+          for k, v in batch.items()}
+
+
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
   """Host numpy local shards [B_local, ...] -> global jax Arrays [B, ...] split over the mesh.
 

@@ -51,7 +51,7 @@ def finetune(task, extra=lambda d: []):
 
 
 CASES = {
-    # ---- config files and command-line flags (bertjax/config.py, train/cli.py)
+    # ---- config files and command-line flags (bertjax/config.py, cli/common.py)
     "flag_unknown_config_key": (
         {}, pretrain(lambda d: ["--config.train.num_stepz=5"]),
         ["--config.train.num_stepz", "did you mean --config.train.num_steps"],
@@ -66,7 +66,7 @@ CASES = {
         "config._parse_value: booleans"),
     "flag_unknown": (
         {}, pretrain(lambda d: ["--epochs", "3"]), ["unknown flag '--epochs'"],
-        "train/cli._split_overrides: stray flags"),
+        "cli/common.split_overrides: stray flags"),
     "config_file_missing": (
         {}, pretrain(lambda d: ["--config", str(d / "nope.py")]),
         ["config file not found", "nope.py"], "config.load_config: missing file"),

@@ -169,13 +169,13 @@ def test_packed_loss_equals_padded_loss(tmp_path, family):
   cfg.model.initializer_range = 0.3
   job = finetune.build(cfg)
   params = job.task.init_params(jax.random.PRNGKey(2), next(job.task.train_iter))
-  feats = {k: job.train_features[k] for k in finetune.INPUTS + finetune.TARGETS[family]}
+  feats = {k: job.train_features[k] for k in finetune.INPUTS + tuple(job.family.targets)}
   idx = np.arange(16)
   got = {}
   for mode in ("pad", "pack"):
     batch, _ = batching.Batcher(mode, 16, (), 8).batch(feats, idx)
     den = finetune.example_count(batch) if mode == "pack" else None
-    loss, metrics = finetune.loss_fn(job.model, job.spec.family, params, batch, None, den)
+    loss, metrics = finetune.loss_fn(job.model, job.family, params, batch, None, den)
     metrics = {k: float(v) / float(metrics.get(k + "_weight", 1.0)) for k, v in metrics.items()
                if not k.endswith("_weight")}
     got[mode] = (float(loss), metrics)

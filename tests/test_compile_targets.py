@@ -91,7 +91,7 @@ def test_not_fitting_names_the_fields_to_change(tiny_v4_32):
 def test_compiler_out_of_memory_is_one_line(capsys):
   """131,072 sequences on 8 v5e chips: the TPU compiler refuses it; one line names the fields."""
   from bertjax.cli import main
-  code = main(["compile", "--config", str(CONFIGS / "bert_tiny.py"), "--target", "v5e-8",
+  code = main(["compile", "--config", str(CONFIGS / "bert.py") + ":tiny", "--target", "v5e-8",
                "--config.train.phase2_start=0", "--config.train.global_batch_size=131072"])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1, err
@@ -104,7 +104,7 @@ def test_compiler_out_of_memory_is_one_line(capsys):
 ])
 def test_sharding_that_does_not_divide_is_one_line(override, field, capsys):
   from bertjax.cli import main
-  code = main(["compile", "--config", str(CONFIGS / "bert_tiny.py"), "--target", "v4-32",
+  code = main(["compile", "--config", str(CONFIGS / "bert.py") + ":tiny", "--target", "v4-32",
                "--config.train.phase2_start=0", *override])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1 and field in err[0], err
@@ -122,6 +122,6 @@ def test_gpu_target_without_the_cuda_plugin_names_the_install(capsys):
   if importlib.util.find_spec("jax_plugins") and importlib.util.find_spec("jax_plugins.xla_cuda12"):
     pytest.skip("the CUDA plugin is installed here")
   from bertjax.cli import main
-  code = main(["compile", "--config", str(CONFIGS / "bert_tiny.py"), "--target", "h100x8"])
+  code = main(["compile", "--config", str(CONFIGS / "bert.py") + ":tiny", "--target", "h100x8"])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1 and "jax-cuda12-plugin==0.10.2" in err[0], err

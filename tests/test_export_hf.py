@@ -42,8 +42,8 @@ from safetensors.numpy import load_file
 from bertjax import bundle, export, interop, metrics
 from bertjax.errors import UserError
 from bertjax.heads import FineTuneModel
-from bertjax.interop_cli import import_hf
-from bertjax.tasks import finetune
+from bertjax.cli.import_hf import import_hf
+from bertjax.tasks import families, finetune
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def flax_model(transformers, family, path):
 def bertjax_outputs(src, ids, seg, mask):
   head = src.head
   n = len(interop.head_labels(head)) if head["family"] != "span" else 2
-  model = FineTuneModel(src.model_cfg, head["family"], n, head["pooling"])
+  model = FineTuneModel(src.model_cfg, families.get(head["family"]), n, head["pooling"])
   return jax.tree.map(np.asarray, model.apply({"params": src.params}, ids, seg, mask))
 
 
@@ -299,9 +299,8 @@ def _sentence_rows(run, tok_hf, vocab):
   dev = spec.read(cfg.finetune.data, "dev", cfg.finetune)[:cfg.finetune.max_eval_examples or None]
   tok = load_tokenizer(vocab, True)
   labels = run["src"].head["labels"]
-  feats = finetune._sentence_features(dev, tok, cfg.finetune.max_seq_length,
-                                      run["src"].head["family"],
-                                      {l: i for i, l in enumerate(labels or [])})
+  feats = families.get(run["src"].head["family"]).features(
+      dev, tok, cfg.finetune, {l: i for i, l in enumerate(labels or [])}, False)
   return dev, feats
 
 

@@ -22,7 +22,7 @@ from safetensors.numpy import load_file, save_file
 from bertjax import bundle, interop
 from bertjax.config import model_config
 from bertjax.errors import UserError
-from bertjax.interop_cli import export_hf_from_bundle, import_hf_main
+from bertjax.cli.import_hf import export_hf_from_bundle, import_hf_main
 from bertjax.model import BertEncoder, BertForPreTraining
 
 SENTENCES = [

@@ -46,20 +46,18 @@ def _help(argv: list[str]) -> str:
 
 
 def _check_config(cmd: str, w: list[str]) -> None:
-  from bertjax.config import load_config, set_key
+  from bertjax.config import apply_overrides, load_config
   overrides = [t for t in w if t.startswith("--config.")]
   if "--config" in w:
+    from bertjax.config import split_config_arg
     path = w[w.index("--config") + 1]
-    assert (REPO / path).is_file(), f"{cmd}: config file {path} does not exist"
+    file, _ = split_config_arg(str(REPO / path))
+    assert pathlib.Path(file).is_file(), f"{cmd}: config file {path} does not exist"
     load_config(str(REPO / path), overrides)   # unknown key or wrong type: UserError
   elif overrides:
     assert w[1] == "finetune", f"{cmd}: overrides without --config"
     from bertjax.tasks.finetune import default_config
-    cfg = default_config()
-    cfg.lock()
-    for item in overrides:
-      key, _, text = item.partition("=")
-      set_key(cfg, key.removeprefix("--config."), text)
+    apply_overrides(default_config(), overrides)
 
 
 def _check_bertjax(cmd: str, w: list[str]) -> None:
@@ -96,7 +94,8 @@ def test_every_readme_command_names_real_things():
       seen += 1
       for tok in w:   # repository paths the command reads
         if tok.startswith(("configs/", "data/")):
-          assert glob.glob(str(REPO / tok)), f"{cmd}: {tok} does not exist"
+          from bertjax.config import split_config_arg   # configs/bert.py:SIZE names bert.py
+          assert glob.glob(split_config_arg(str(REPO / tok))[0]), f"{cmd}: {tok} does not exist"
       if w[0] == "make":
         assert set(w[1:]) <= targets, f"{cmd}: not a Makefile target"
       elif w[0] == "source":

@@ -109,7 +109,7 @@ def test_conll_reader_columns_docstart_blank_lines(tmp_path):
 
 
 def test_tagging_features_label_first_subtoken(tok, tmp_path):
-  from bertjax.tasks.finetune import _tagging_features
+  from bertjax.tasks.families import tagging_features as _tagging_features
   sents = [conll.Sentence("s", ["Peter", "Blacks", "playing"], ["I-PER", "I-PER", "O"])]
   labels = {"O": 0, "I-PER": 1}
   f = _tagging_features(sents, tok, 16, labels)

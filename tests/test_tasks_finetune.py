@@ -268,11 +268,12 @@ def test_pooling_choices_feed_the_head_what_they_name(tmp_path):
   """pooler / cls / mean: the head's logits equal Dense(the named vector), worked by hand."""
   from bertjax.heads import FineTuneModel
   from bertjax.model import BertEncoder
+  from bertjax.tasks import families
   cfg = tiny_cfg(tmp_path, "tsv", tmp_path)
   ids = np.array([[2, 5, 6, 3, 0, 0], [2, 7, 3, 0, 0, 0]], np.int32)        # [B=2, S=6]
   mask = (ids != 0).astype(np.int32)
   seg = np.zeros_like(ids)
-  model = FineTuneModel(cfg.model, "classification", 3, "pooler")
+  model = FineTuneModel(cfg.model, families.get("classification"), 3, "pooler")
   params = model.init(jax.random.PRNGKey(0), ids, seg, mask)["params"]
   seq, pooler = BertEncoder(cfg.model).apply({"params": params["bert"]}, ids, seg, mask)
   seq = np.asarray(seq, np.float32)
@@ -282,7 +283,7 @@ def test_pooling_choices_feed_the_head_what_they_name(tmp_path):
             "cls": seq[:, 0],
             "mean": np.stack([seq[0, :4].mean(0), seq[1, :3].mean(0)])}    # padding excluded
   for pooling, vec in expect.items():
-    got = FineTuneModel(cfg.model, "classification", 3, pooling).apply(
+    got = FineTuneModel(cfg.model, families.get("classification"), 3, pooling).apply(
         {"params": params}, ids, seg, mask)
     np.testing.assert_allclose(np.asarray(got), vec @ k + b, rtol=1e-5, atol=1e-6)
   assert not np.allclose(expect["mean"], expect["cls"])

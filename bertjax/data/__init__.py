@@ -11,5 +11,5 @@
   masking.py    dynamic (whole-word) MLM masking for a batch, vectorised
   rng.py        counter-based randomness: hashes of (seed, epoch, example index)
   pipeline.py   the grain iterator the trainer uses (make_pretrain_iterator)
-  cli.py        `bertjax tokenizer train`, `bertjax prepare`
+(`bertjax tokenizer train` and `bertjax prepare` parse their flags in bertjax/cli/data.py.)
 """

@@ -20,7 +20,8 @@ feature's tokens are a prefix of its row. `Batcher.batch(features, idx)` lays th
 A `Layout` says where each feature of the batch went (row, slot, offset, length), so outputs
 map back to features (`unpack`). Rows added only to reach a row count hold one padding token
 marked as an example of its own (no row attends to nothing) with zero weight.
-Numpy only: these are host-side data, the trainer's batches.
+Host-side numpy arrays, the trainer's batches; short batches are padded by the one padding
+function, bertjax.sharding.pad_rows.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from bertjax.errors import UserError
+from bertjax.sharding import pad_rows
 
 MODES = ("pad", "bucket", "pack")
 TOKEN_KEYS = ("input_ids", "segment_ids", "input_mask", "label_ids", "label_weights")
@@ -125,18 +127,10 @@ class Batcher:
     if self.mode == "pack":
       return self._packed(feats, idx, lengths, rows, bins)
     n = len(idx)
-    rows = rows or n
     width = self.length_of(int(lengths.max(initial=1)))                       # L
-    out = {}
-    for k in TOKEN_KEYS:
-      if k in feats:
-        v = np.zeros((rows, width), feats[k].dtype)
-        v[:n] = feats[k][idx, :width]
-        out[k] = v
-    for k in EXAMPLE_KEYS + POSITION_KEYS:
-      if k in feats:
-        out[k] = np.zeros((rows,), feats[k].dtype)
-        out[k][:n] = feats[k][idx]
+    out = {k: feats[k][idx, :width] for k in TOKEN_KEYS if k in feats}        # [n, L]
+    out.update({k: feats[k][idx] for k in EXAMPLE_KEYS + POSITION_KEYS if k in feats})  # [n]
+    out = pad_rows(out, rows or n)
     out["input_mask"][n:, 0] = 1   # padding rows: one token, so no row attends to nothing
     zeros = np.zeros(n, np.int64)
     return out, Layout(np.arange(n), zeros, zeros, lengths, packed=False)
@@ -207,31 +201,24 @@ class Batcher:
       yield arrays, idx, layout
 
 
-def unpack(outputs, layout: Layout, family: str, max_len: int):
-  """A batch's model outputs -> per-feature outputs in the padded layout, as numpy.
+def unpack_examples(outputs, layout: Layout) -> np.ndarray:
+  """Example-level outputs of a batch ([R, (K,) ...]) -> [n, ...] per feature, as numpy
+  (classification [n, C], regression [n])."""
+  out = np.asarray(outputs)
+  return out[layout.row, layout.slot] if layout.packed else out[layout.row]
 
-  classification / regression: [n, C] / [n]; tagging: [n, S, C]; span: ([n, S], [n, S]).
-  Token outputs beyond a feature's length are filled with float32's lowest value (tagging: 0),
-  so whatever the layout, only real tokens compete in decoding."""
-  if family in ("classification", "regression"):
-    out = np.asarray(outputs)
-    return out[layout.row, layout.slot] if layout.packed else out[layout.row]
+
+def unpack_tokens(outputs, layout: Layout, max_len: int, fill: float) -> np.ndarray:
+  """Token-level outputs of a batch ([R, L, ...]) -> [n, S, ...] per feature in the padded
+  layout, float32 numpy. Positions beyond a feature's length hold `fill` (span logits:
+  float32's lowest value, so only real tokens compete in decoding; tagging: 0)."""
+  a = np.asarray(outputs)
   pos = np.arange(max_len)
   inside = pos[None, :] < layout.length[:, None]                               # [n, S]
-  src = np.minimum(layout.offset[:, None] + pos[None, :],
-                   (outputs[0] if family == "span" else outputs).shape[1] - 1)   # [n, S]
-  rows = layout.row[:, None]
-
-  def take(a, fill):
-    a = np.asarray(a)
-    got = a[rows, src]                                                        # [n, S, ...]
-    mask = inside.reshape(inside.shape + (1,) * (got.ndim - 2))
-    return np.where(mask, got, fill).astype(np.float32)
-
-  if family == "tagging":
-    return take(outputs, 0.0)
-  low = np.finfo(np.float32).min
-  return take(outputs[0], low), take(outputs[1], low)
+  src = np.minimum(layout.offset[:, None] + pos[None, :], a.shape[1] - 1)      # [n, S]
+  got = a[layout.row[:, None], src]                                           # [n, S, ...]
+  mask = inside.reshape(inside.shape + (1,) * (got.ndim - 2))
+  return np.where(mask, got, fill).astype(np.float32)
 
 
 class TrainBatches:

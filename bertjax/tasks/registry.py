@@ -1,8 +1,10 @@
 """Fine-tuning tasks by name: what to read, which head, which metric.
 
 A `TaskSpec` is plain data; `bertjax.tasks.finetune` turns one into a `TrainTask` for the one
-trainer. Readers live beside their format (glue.py, conll.py, squad.py) and register themselves
-when `bertjax.tasks` is imported. Nothing here imports JAX.
+trainer, with the behaviour of the task's family (bertjax.tasks.families: features, head,
+loss, decoding, metric, prediction files). Readers live beside their format (glue.py, conll.py,
+squad.py) and register themselves when the `bertjax.tasks` package is imported, which any
+import of this module does first. Nothing here imports JAX.
 """
 from __future__ import annotations
 
@@ -12,11 +14,7 @@ from typing import Any, Callable, Optional
 
 from bertjax.errors import UserError
 
-# Families decide the head, the features and the loss:
-#   classification: [CLS]-pooled -> C logits, cross-entropy        (SST-2, CoLA, MRPC, MNLI, ...)
-#   regression:     [CLS]-pooled -> 1 score, mean squared error    (STS-B)
-#   tagging:        each word's first sub-token -> C logits        (CoNLL NER / POS)
-#   span:           every token -> start and end logits            (SQuAD)
+# The family names a task may give; each is one object in bertjax.tasks.families.
 FAMILIES = ("classification", "regression", "tagging", "span")
 
 
@@ -57,7 +55,6 @@ def register(spec: TaskSpec) -> TaskSpec:
 
 
 def get(name: str) -> TaskSpec:
-  import bertjax.tasks  # noqa: F401  (registers the built-in tasks)
   key = canonical(name)
   if key not in _REGISTRY:
     close = difflib.get_close_matches(key, list(_REGISTRY), n=1)
@@ -67,7 +64,6 @@ def get(name: str) -> TaskSpec:
 
 
 def names() -> list[str]:
-  import bertjax.tasks  # noqa: F401
   return sorted(spec.name for spec in _REGISTRY.values())
 
 

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bertjax import config as config_lib
 from bertjax.data.masking import derived_max_predictions
 from bertjax.errors import UserError
 from bertjax.losses import (pretraining_denominators, pretraining_sums, weighted_accuracy,
@@ -361,7 +360,7 @@ BUDGET_FILE = "budget.json"
 def measure_step_seconds(cfg, steps: int = 12, warmup: int = 4) -> float:
   """Seconds per train step of this config on these devices (synthetic batches, after the
   compile and a few warm-up steps): what budget_minutes divides by."""
-  step, state, next_batch, _ = benchmark_setup(cfg)
+  step, state, next_batch = _synthetic_setup(cfg)
   batches = [next_batch() for _ in range(2)]
   # The compile is not a train step, nor are the first steps after it: on the demo config, 6
   # steps timed straight after the compile gave 0.219 s per step where the run then logged
@@ -458,30 +457,13 @@ def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool =
   return summary
 
 
-def check_config(cfg, num_devices: int) -> None:
-  """All config checks that need no data (used by the CLI before anything else)."""
-  config_lib.validate(cfg, num_devices)
-
-
-def benchmark_setup(cfg, mesh=None, phase: int = 0):
-  """Everything a benchmark or an AOT compile needs, without data or a workdir:
-  (step: StepFn, state: TrainState (placed), next_batch: () -> global batch, abstract_state).
-
-  `step.lower(abstract_state, batch_spec(cfg, phase)).compile()` compiles ahead of time.
-  """
+def _synthetic_setup(cfg):
+  """The trainer's step and a fresh state of `cfg` on synthetic phase-1 batches, without data
+  or a workdir: (step, state, next_batch: () -> global batch)."""
   from bertjax import sharding as shd
-  from bertjax.optim import make_optimizer
-  from bertjax.train.state import abstract_state, create_state
-  from bertjax.train.step import make_train_step
-  mesh = mesh if mesh is not None else shd.make_mesh(cfg.mesh)
+  from bertjax.train import setup
+  mesh = shd.make_mesh(cfg.mesh)
   task = pretrain_task(cfg, synthetic=True)
-  it = SyntheticIterator(cfg, phase, cfg.train.seed, jax.process_index(), jax.process_count())
-  tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps, task.frozen)
-  first = next(it)
-  abstract, shardings = abstract_state(task.init_params, tx, cfg.train.seed, first, mesh)
-  state = create_state(task.init_params, tx, cfg.train.seed, first, mesh)
-  step = make_train_step(task.loss_fn, tx, mesh, shardings, schedule=schedule,
-                         grad_accum_steps=cfg.train.grad_accum_steps,
-                         loss_denominators=task.loss_denominators,
-                         nan_policy=cfg.train.nan_policy)
-  return step, state, lambda: shd.shard_batch(next(it), mesh), abstract
+  it = SyntheticIterator(cfg, 0, cfg.train.seed, jax.process_index(), jax.process_count())
+  pieces = setup.build(task, cfg, mesh, next(it))
+  return pieces.make_step(), pieces.init_state(), lambda: shd.shard_batch(next(it), mesh)

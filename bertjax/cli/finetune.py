@@ -1,11 +1,9 @@
 """`bertjax finetune`: flags -> config -> bertjax.tasks.finetune.run (the one trainer)."""
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 
-from bertjax.errors import UserError
+from bertjax.cli.common import parser, split_overrides, start_runtime
 
 FINETUNE_HELP = """\
 Fine-tune a pretrained BERT on a registered task, evaluate on the dev split during and after
@@ -36,21 +34,9 @@ Trainer's recipe: --config.optim.eps=1e-8 --config.optim.weight_decay=0
 """
 
 
-def _overrides(rest: list[str]) -> list[str]:
-  out = []
-  for arg in rest:
-    if not arg.startswith("--config.") or "=" not in arg:
-      raise UserError(f"unknown flag {arg!r}; overrides are --config.KEY=VALUE "
-                      "(see bertjax finetune --help)")
-    out.append(arg)
-  return out
-
-
 def finetune_main(argv: list[str]) -> int:
   from bertjax.tasks import registry
-  p = argparse.ArgumentParser(prog="bertjax finetune",
-                              description=FINETUNE_HELP.format(tasks=", ".join(registry.names())),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = parser("bertjax finetune", FINETUNE_HELP.format(tasks=", ".join(registry.names())))
   p.add_argument("--task", default="", help="registered task name (see above)")
   p.add_argument("--data", default="", help="folder with the task's train/dev(/test) files")
   p.add_argument("--init", "--init-from", dest="init", default="",
@@ -61,27 +47,18 @@ def finetune_main(argv: list[str]) -> int:
   from bertjax import distributed
   distributed.add_flags(p)
   args, rest = p.parse_known_args(argv)
-  overrides = _overrides(rest)
+  overrides = split_overrides(rest, "finetune")
 
-  from bertjax.config import load_config, set_key
+  from bertjax.config import apply_overrides, load_config
   if args.config:
     cfg = load_config(args.config, overrides)
   else:
     from bertjax.tasks.finetune import default_config
-    cfg = default_config()
-    cfg.lock()
-    for item in overrides:
-      key, _, text = item.partition("=")
-      set_key(cfg, key.removeprefix("--config."), text)
+    cfg = apply_overrides(default_config(), overrides)
   for field, value in (("task", args.task), ("data", args.data), ("init", args.init)):
     if value:
       cfg.finetune[field] = value
-  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  import jax
-  if jax.default_backend() == "cpu":
-    from bertjax.hostmem import keep_freed_memory   # as `bertjax pretrain` (fewer page faults)
-    keep_freed_memory()
+  start_runtime(args)
 
   from bertjax.tasks.finetune import run
   summary = run(cfg, args.workdir, progress=not args.no_progress,

@@ -1,6 +1,6 @@
 """`bertjax import-hf HF_DIR OUT_DIR`: a Hugging Face BERT directory -> a bertjax bundle.
 
-The logic lives in bertjax/interop.py (HF names <-> params), bertjax/bundle.py (our format) and
+The conversion lives in bertjax/interop.py (HF names <-> params), bertjax/bundle.py (our format) and
 bertjax/export.py (the way back: `bertjax export BUNDLE OUT --format hf`).
 """
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """`bertjax pretrain` and `bertjax plot`: flags -> config -> library call (bertjax.train)."""
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 
+from bertjax.cli.common import parser, split_overrides, start_runtime
 from bertjax.errors import UserError
 
 PRETRAIN_HELP = """\
@@ -21,27 +20,8 @@ Multi-host: run the same command on every host with --coordinator HOST:PORT --nu
 """
 
 
-def _parser(prog: str, desc: str) -> argparse.ArgumentParser:
-  return argparse.ArgumentParser(prog=prog, description=desc,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def _split_overrides(rest: list[str]) -> list[str]:
-  overrides = []
-  for i, arg in enumerate(rest):
-    if arg.startswith("--config."):
-      if "=" not in arg and i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-        raise UserError(f"{arg}: write overrides as {arg}=VALUE")
-      overrides.append(arg)
-    elif overrides and not arg.startswith("--"):
-      raise UserError(f"{arg!r}: write overrides as --config.KEY=VALUE")
-    else:
-      raise UserError(f"unknown flag {arg!r}; see bertjax pretrain --help")
-  return overrides
-
-
 def pretrain_main(argv: list[str]) -> int:
-  p = _parser("bertjax pretrain", PRETRAIN_HELP)
+  p = parser("bertjax pretrain", PRETRAIN_HELP)
   p.add_argument("--config", required=True, help="a Python config file (configs/*.py)")
   p.add_argument("--workdir", required=True,
                  help="checkpoints, metrics.jsonl, TensorBoard (tb/), curves.png, export/")
@@ -55,18 +35,11 @@ def pretrain_main(argv: list[str]) -> int:
   from bertjax import distributed
   distributed.add_flags(p)
   args, rest = p.parse_known_args(argv)
-  overrides = _split_overrides(rest)
+  overrides = split_overrides(rest, "pretrain")
 
   from bertjax.config import load_config
   cfg = load_config(args.config, overrides)   # config errors end here, before JAX starts
-  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  import jax
-  if jax.default_backend() == "cpu":
-    # XLA:CPU mallocs each step's temporaries; keeping freed pages avoids ~140k page faults a
-    # step (1.28x faster BERT-mini step, same peak RSS: benchmarks/results.md ablation).
-    from bertjax.hostmem import keep_freed_memory
-    keep_freed_memory()
+  start_runtime(args)
 
   from bertjax import sharding
   from bertjax.config import validate
@@ -79,7 +52,7 @@ def pretrain_main(argv: list[str]) -> int:
 
 
 def plot_main(argv: list[str]) -> int:
-  p = _parser("bertjax plot", "Draw loss / accuracy / lr / throughput curves of a workdir "
+  p = parser("bertjax plot", "Draw loss / accuracy / lr / throughput curves of a workdir "
                               "(from its metrics.jsonl) to a PNG.")
   p.add_argument("workdir")
   p.add_argument("--out", default=None, help="PNG path (default WORKDIR/curves.png)")

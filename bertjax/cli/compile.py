@@ -1,11 +1,11 @@
 """`bertjax compile`: compile the real train step for a TPU slice or GPU host, without one."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 
+from bertjax.cli.common import parser, split_overrides
 from bertjax.errors import UserError
 
 HELP = """\
@@ -17,7 +17,7 @@ at the chip's peak and at an assumed MFU. No accelerator and no data are needed:
   bertjax compile --config configs/accel_tpu_v5e_base.py --target v5e-32
   bertjax compile --config configs/accel_tpu_v5e_base.py --target v5e-8 --step finetune \\
       --config.train.global_batch_size=64
-  bertjax compile --config configs/bert_large.py --target v5e-256 \\
+  bertjax compile --config configs/bert.py:large --target v5e-256 \\
       --config.train.global_batch_size=4096 --config.mesh.fsdp=16
 
 Exit 2 with one line naming the config field to change when a step does not fit in HBM or a
@@ -28,8 +28,7 @@ batch / mesh.fsdp does not divide the target's devices. TPU targets need libtpu
 
 def compile_main(argv: list[str]) -> int:
   from bertjax import targets
-  p = argparse.ArgumentParser(prog="bertjax compile", description=HELP,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = parser("bertjax compile", HELP)
   p.add_argument("--config", required=True, help="a Python config file (configs/*.py)")
   p.add_argument("--target", required=True, choices=sorted(targets.TARGETS),
                  help="TPU slice or GPU host to compile for")
@@ -39,9 +38,8 @@ def compile_main(argv: list[str]) -> int:
   p.add_argument("--mfu", type=float, default=None,
                  help="assumed model-FLOPs utilisation for the expected step time (default 0.40)")
   p.add_argument("--json", default="", help="also write the reports to this JSON file")
-  from bertjax.train.cli import _split_overrides
   args, rest = p.parse_known_args(argv)
-  overrides = _split_overrides(rest)
+  overrides = split_overrides(rest, "compile")
   if args.mfu is not None and not 0.0 < args.mfu <= 1.0:
     raise UserError(f"--mfu={args.mfu}: use a fraction in (0, 1], e.g. 0.4")
   target = targets.get(args.target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from bertjax.cli.common import split_overrides
 from bertjax.errors import UserError
 
 
@@ -42,12 +43,10 @@ def prepare_main(argv: list[str]) -> int:
   ap.add_argument("--workers", type=int, default=-1,
                   help="tokenising processes (default: data.num_workers; 0 = in-process)")
   args, rest = ap.parse_known_args(argv)
-  bad = [r for r in rest if not r.startswith("--config.")]
-  if bad:
-    raise UserError(f"unknown flag {bad[0]}; overrides look like --config.data.corpus=GLOB")
+  overrides = split_overrides(rest, "prepare")
   from bertjax.config import load_config
   from bertjax.data.prepare import format_summary, prepare_corpus
-  cfg = load_config(args.config, rest)
+  cfg = load_config(args.config, overrides)
   out = args.out or cfg.data.prepared_dir
   if not out:
     raise UserError("no output dir: pass --out DIR or set data.prepared_dir")
