@@ -50,7 +50,7 @@ RUNS = {
 # The target list, each compiled with the smallest model: that the slice's compiler and topology
 # work from this machine (the full-size runs above cover v5e-32, v5e-256, v4-32 and h100x8).
 TINY = ["--config.train.global_batch_size=1024"]
-RUNS.update({f"{t.replace('-', '_')}-tiny": ("bert_tiny.py", t, "pretrain", TINY,
+RUNS.update({f"{t.replace('-', '_')}-tiny": ("bert.py:tiny", t, "pretrain", TINY,
                                              "BERT-Tiny b1024, both phases: the target compiles")
              for t in ("v4-8", "v4-32", "v5e-8", "v5e-256", "v5p-128", "h100x8")})
 

@@ -7,7 +7,7 @@
     .venv/bin/python benchmarks/pretrain_compare.py --out runs/pretrain_cmp
     # one part: --parts deterministic | seeded | handover (comma-separated)
 
-The model is BERT-Mini (configs/bert_mini.py: L=4, H=256, A=4) with an uncased WordPiece
+The model is BERT-Mini (configs/bert.py:mini: L=4, H=256, A=4) with an uncased WordPiece
 vocabulary of 8,192 pieces trained on the bundled corpus (data/corpus; a vocab.txt, so the peer's
 BertTokenizerFast reads it too), pretrained with BERT-2018's objective (segment pairs, MLM 15% at
 P=20 + NSP) at S=128 on that corpus.
@@ -92,7 +92,7 @@ def ours_config(args, dropout: float, seed: int):
       "train.phase2_start=0", f"train.seed={seed}", "train.log_every=1", "train.eval_every=0",
       f"train.eval_batches={args.eval_batches}", "checkpoint.every_steps=1000000",
       "checkpoint.async_save=false"]
-  return config_lib.load_config(str(REPO / "configs" / "bert_mini.py"), overrides)
+  return config_lib.load_config(str(REPO / "configs" / "bert.py") + ":mini", overrides)
 
 
 def recipe(cfg) -> dict:
@@ -542,7 +542,7 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=300)
   p.add_argument("--batch", type=int, default=4,
                  help="sequences per step (small: 300 steps x 2 sides must fit a loaded CPU)")
-  p.add_argument("--lr", type=float, default=5e-4, help="peak lr (configs/bert_mini.py's)")
+  p.add_argument("--lr", type=float, default=5e-4, help="peak lr (configs/bert.py:mini)")
   p.add_argument("--warmup", type=int, default=30)
   p.add_argument("--eval-batches", type=int, default=8)
   p.add_argument("--dropout", type=float, default=0.1, help="seeded part: hidden and attention")
