@@ -454,11 +454,6 @@ def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool =
   return summary
 
 
-def check_config(cfg, num_devices: int) -> None:
-  """All config checks that need no data (used by the CLI before anything else)."""
-  config_lib.validate(cfg, num_devices)
-
-
 def benchmark_setup(cfg, mesh=None, phase: int = 0):
   """Everything a benchmark or an AOT compile needs, without data or a workdir:
   (step: StepFn, state: TrainState (placed), next_batch: () -> global batch, abstract_state).
