@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bertjax import config as config_lib
 from bertjax.data.masking import derived_max_predictions
 from bertjax.errors import UserError
 from bertjax.losses import (pretraining_denominators, pretraining_sums, weighted_accuracy,
