@@ -15,7 +15,7 @@ order (epoch e = numpy permutation from (seed, e), the batches a stream over epo
 uses its own standard preprocessing and head: bertjax's readers/featurizers, and for the peer
 BertTokenizerFast + BertForSequenceClassification / BertForQuestionAnswering with
 transformers' run_qa-style windows (offset mapping, overflowing tokens, n-best decoding). Both
-score with bertjax.metrics (the official formulas). Wall time: whole fine-tuning run (training
+score with bertjax.scoring (the official formulas). Wall time: whole fine-tuning run (training
 + the final dev evaluation), measured the same way on both sides, sequentially, on the same
 machine. Results: OUT/compare.json and a markdown table on stdout.
 """
@@ -122,7 +122,7 @@ def peer_classification(args, log) -> dict:
   import numpy as np
   import torch
   from transformers import BertForSequenceClassification, BertTokenizerFast
-  from bertjax import metrics
+  from bertjax import scoring
   from bertjax.tasks import registry
   spec = registry.get(args.task)
   train = spec.read(args.data, "train", None)[:args.max_train or None]
@@ -157,8 +157,8 @@ def peer_classification(args, log) -> dict:
       preds.append(model(**chunk).logits.argmax(-1).numpy())
   preds = np.concatenate(preds)
   dev_predictions = [labels[i] for i in preds]
-  result = {"accuracy": 100 * metrics.accuracy(preds, y), "f1": 100 * metrics.f1_binary(preds, y),
-            "mcc": 100 * metrics.matthews_corrcoef(preds, y)}
+  result = {"accuracy": 100 * scoring.accuracy(preds, y), "f1": 100 * scoring.f1_binary(preds, y),
+            "mcc": 100 * scoring.matthews_corrcoef(preds, y)}
   return {"metrics": result, "steps": steps, "train_s": train_s, "wall_s": time.time() - t0,
           "train_seq_per_s": steps * args.batch / train_s,
           "num_train": len(train), "num_eval": len(dev), "losses": args.peer_losses,
@@ -170,7 +170,7 @@ def peer_squad(args, log) -> dict:
   import numpy as np
   import torch
   from transformers import BertForQuestionAnswering, BertTokenizerFast
-  from bertjax import metrics
+  from bertjax import scoring
   from bertjax.tasks import squad
   path = os.path.join(args.data, "dev-v1.1.json")
   examples = squad.read_squad(path)
@@ -237,7 +237,7 @@ def peer_squad(args, log) -> dict:
         if score > best[e.qid][0]:
           best[e.qid] = (score, e.context[off[s][0]:off[t][1]])
   preds = {e.qid: best[e.qid][1] for e in dev}
-  result = metrics.squad_v1({e.qid: e.answers for e in dev}, preds)
+  result = scoring.squad_v1({e.qid: e.answers for e in dev}, preds)
   return {"metrics": result, "steps": steps, "train_s": train_s, "wall_s": time.time() - t0,
           "train_seq_per_s": steps * args.batch / train_s,
           "num_train": len(train), "num_eval": len(dev), "num_train_features": len(starts),
