@@ -1,33 +1,6 @@
-"""Checkpoints: exact resume, preemption safety, restore onto any mesh, params for export.
-
-Layout of a workdir (WORKDIR/checkpoints is an Orbax `CheckpointManager` directory):
-
-  WORKDIR/checkpoints/<step>/state/     the train-state pytree (params, opt_state, step, rng ...)
-  WORKDIR/checkpoints/<step>/data/      each process's data-iterator state, process_I-of-N.json
-  WORKDIR/checkpoints/<step>/meta/      JSON: config, tokenizer identity, bertjax version, metrics
-  WORKDIR/checkpoints/<step>/manifest.json  size + CRC32 of every file, written before the commit
-  WORKDIR/tokenizer/<sha256[:12]>/      a copy of the tokenizer files, so export works after the
-                                        original moves
-  WORKDIR/checkpoints_corrupt/<step>/   a latest checkpoint found unreadable, moved aside
-
-Resume order (what `bertjax pretrain` does when it starts; the trainer follows it):
-  1. the latest *complete and readable* checkpoint in WORKDIR/checkpoints — params, optimizer
-     state, step, RNG and the data position, so the run continues bit-for-bit as if it had never
-     stopped. A latest checkpoint that fails its manifest or does not restore is moved to
-     WORKDIR/checkpoints_corrupt/ with a warning and the previous one is used;
-  2. else `--init-from PATH` (a workdir, one checkpoint step dir, a bertjax bundle or a Hugging
-     Face dir): params only, a fresh optimizer and step 0;
-  3. else a fresh initialisation from `train.seed`.
-Before (1) restores anything, the saved config and tokenizer are compared with the current ones
-(`RESUME_KEYS`) and every difference is named in one `UserError`.
-
-Atomicity: Orbax writes each step into `<step>.orbax-checkpoint-tmp-*` and renames it when every
-item (and our manifest) is written, so a save killed at any moment never becomes the latest;
-leftover tmp dirs are ignored and removed at the next start.
-
-Asynchrony: `save()` blocks only while device arrays are copied to host memory (and while the
-previous save, if still writing, finishes); the files are written by a background thread while
-training continues. `wait()` blocks until the last save is committed.
+"""`Checkpointer`: Orbax checkpoints of one training run, saved in the background, restored
+onto any mesh, the latest unreadable one set aside (the format and the resume order:
+bertjax/checkpoint/__init__.py).
 
 Preemption: `PreemptionGuard` turns SIGTERM/SIGINT into a flag; the loop asks
 `guard.should_stop(step)` every step, and every process gets the same answer at the same step
@@ -46,7 +19,6 @@ import shutil
 import signal
 import threading
 import time
-import zlib
 from typing import Any, Optional
 
 import jax
@@ -55,6 +27,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import bertjax
+from bertjax.checkpoint import compat
+from bertjax.checkpoint.data_state import DataStateHandler, DataStateRestore, DataStateSave
+from bertjax.checkpoint.manifest import (CorruptCheckpoint, find_damage, unreadable_file,
+                                         verify_manifest, write_manifest)
 from bertjax.data.tokenizer import file_sha256
 from bertjax.errors import UserError
 
@@ -63,9 +39,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
 TOKENIZER_DIR = "tokenizer"
-MANIFEST = "manifest.json"
-# Files Orbax may still touch after our manifest is written (commit markers, step metadata).
-_UNHASHED = {MANIFEST, "commit_success.txt", "_CHECKPOINT_METADATA"}
 
 # Config fields a resumed run must share with its checkpoint: they fix the parameter shapes,
 # the optimizer-state structure or the meaning of the saved data position. Everything else
@@ -82,24 +55,6 @@ RESUME_KEYS = (
     "train.phase2_global_batch_size",
     "optim.name",
 )
-
-
-# --------------------------------------------------------------------------- small helpers
-
-def _to_dict(config) -> Optional[dict]:
-  if config is None:
-    return None
-  if hasattr(config, "to_dict"):
-    config = config.to_dict()
-  return json.loads(json.dumps(config, default=str))  # plain JSON types only
-
-
-def _get(d: dict, dotted: str):
-  for part in dotted.split("."):
-    if not isinstance(d, dict) or part not in d:
-      return "<absent>"
-    d = d[part]
-  return d
 
 
 def tokenizer_files(path: str) -> list[str]:
@@ -119,134 +74,6 @@ def tokenizer_identity(path: str) -> dict:
 _tokenizer_identity = tokenizer_identity  # the Checkpointer argument shadows the name
 
 
-def _crc32(path: str) -> int:
-  crc = 0
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      crc = zlib.crc32(chunk, crc)
-  return crc
-
-
-def _list_files(root: str) -> list[str]:
-  out = []
-  for dirpath, _, names in os.walk(root):
-    for n in names:
-      rel = os.path.relpath(os.path.join(dirpath, n), root)
-      if os.path.basename(rel) not in _UNHASHED:
-        out.append(rel)
-  return sorted(out)
-
-
-def write_manifest(step_dir: str) -> None:
-  """Record size and CRC32 of every file of a checkpoint (atomic: tmp file + rename)."""
-  files = {rel: {"size": os.path.getsize(os.path.join(step_dir, rel)),
-                 "crc32": _crc32(os.path.join(step_dir, rel))} for rel in _list_files(step_dir)}
-  tmp = os.path.join(step_dir, MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump({"files": files}, f)
-  os.replace(tmp, os.path.join(step_dir, MANIFEST))
-
-
-def verify_manifest(step_dir: str) -> None:
-  """Raise `CorruptCheckpoint` if a file listed in the manifest is missing, truncated or altered.
-
-  A checkpoint without a manifest (killed between commit and manifest, or written by another
-  tool) is not rejected here; a damaged one then fails in the restore itself.
-  """
-  path = os.path.join(step_dir, MANIFEST)
-  if not os.path.isfile(path):
-    return
-  try:
-    with open(path) as f:
-      files = json.load(f)["files"]
-  except (OSError, ValueError, KeyError) as e:
-    raise CorruptCheckpoint(f"{path}: unreadable manifest ({e})") from None
-  for rel, want in files.items():
-    full = os.path.join(step_dir, rel)
-    if not os.path.isfile(full):
-      raise CorruptCheckpoint(f"{full}: missing")
-    size = os.path.getsize(full)
-    if size != want["size"]:
-      raise CorruptCheckpoint(f"{full}: {size} bytes, expected {want['size']} (truncated?)")
-    if _crc32(full) != want["crc32"]:
-      raise CorruptCheckpoint(f"{full}: checksum mismatch (corrupted)")
-
-
-class CorruptCheckpoint(Exception):
-  """A checkpoint on disk that cannot be trusted (bad manifest, missing or altered file)."""
-
-
-# Files of a checkpoint that hold JSON (Orbax's metadata, our meta and data items): one that
-# does not parse is evidence of damage, as a failed checksum is.
-_JSON_FILES = {"_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata", MANIFEST}
-
-
-def find_damage(step_dir: str) -> Optional[str]:
-  """Evidence that a checkpoint is damaged, as one sentence, or None when its files pass.
-
-  Evidence is: a manifest entry that is missing, truncated or fails its CRC32; an item
-  directory (state, meta) that is absent; a JSON file that is empty or does not parse. An
-  OSError while looking (EIO, a stale network mount) is *not* evidence: the files may be fine,
-  so the caller leaves the checkpoint where it is.
-  """
-  try:
-    verify_manifest(step_dir)
-  except CorruptCheckpoint as e:
-    return str(e)
-  for item in ("state", os.path.join("meta", "metadata")):
-    if not os.path.exists(os.path.join(step_dir, item)):
-      return f"{os.path.join(step_dir, item)}: missing"
-  for dirpath, _, names in os.walk(step_dir):
-    for n in names:
-      if n in _JSON_FILES or n.endswith(".json"):
-        path = os.path.join(dirpath, n)
-        with open(path, "rb") as f:
-          raw = f.read()
-        try:
-          json.loads(raw)
-        except ValueError as e:
-          return f"{path}: not valid JSON ({e})"
-  return None
-
-
-def _leaf_shapes(tree) -> dict:
-  """{path tuple of names: shape} of the array leaves of a state (abstract or Orbax metadata;
-  tuples and lists give "0", "1" ... as dict keys do)."""
-  return {tuple(_key_name(k) for k in path): tuple(x.shape)
-          for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf_metadata)[0]}
-
-
-def _key_name(k) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
-
-
-def _flat_config(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in (d or {}).items():
-    if isinstance(v, dict):
-      out.update(_flat_config(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
-
-
-def _unreadable_file(e: BaseException) -> Optional[str]:
-  """Evidence in a restore error itself: TensorStore read a file shorter than its index says
-  (OUT_OF_RANGE) or one failing its own checks (DATA_LOSS). Other statuses (an I/O error,
-  UNAVAILABLE ...) are not evidence."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    m = re.search(r"\b(?:DATA_LOSS|OUT_OF_RANGE): [^\n]{0,300}", str(e))
-    if m and not isinstance(e, OSError):
-      return m.group(0)
-    e = e.__cause__ or e.__context__
-  return None
-
-
 class CheckpointReadError(UserError):
   """Reading a checkpoint failed for a reason that is not evidence of damage (MemoryError,
   an I/O error): it is left where it is, and the same command resumes from it once the
@@ -256,80 +83,6 @@ class CheckpointReadError(UserError):
 class CheckpointWriteError(UserError):
   """The filesystem refused a checkpoint (full disk, quota, permissions). The previous
   checkpoint is intact and is where the next run resumes; the CLI prints this as one line."""
-
-
-# --------------------------------------------------------- data-iterator state, one file a process
-
-@dataclasses.dataclass
-class DataStateSave(ocp.args.CheckpointArgs):
-  state: Any  # JSON-able (dict from grain DatasetIterator) or bytes (grain DataLoaderIterator)
-  global_position: bool = False  # the same state on every process, valid for any process count
-
-
-@dataclasses.dataclass
-class DataStateRestore(ocp.args.CheckpointArgs):
-  pass
-
-
-class DataStateHandler(ocp.CheckpointHandler):
-  """Every process writes its own iterator state: process_<i>-of-<n>.json (as grain's handler).
-
-  The state is captured by `Checkpointer.save` at call time, so the background write can never
-  see a later position of the iterator. An iterator whose position is global (the same on
-  every process: bertjax's pretraining pipeline counts examples of the global stream) says so
-  with `global_position = True`; its state then restores on any number of processes.
-  """
-
-  def save(self, directory, args: DataStateSave):
-    state = args.state
-    if isinstance(state, (bytes, bytearray)):
-      payload = {"kind": "bytes", "state": bytes(state).decode()}
-    else:
-      payload = {"kind": "json", "state": state}
-    payload["global"] = bool(args.global_position)
-    i, n = jax.process_index(), jax.process_count()
-    path = directory / f"process_{i}-of-{n}.json"
-    path.write_text(json.dumps(payload))
-
-  def restore(self, directory, args: DataStateRestore = None):
-    i, n = jax.process_index(), jax.process_count()
-    path = directory / f"process_{i}-of-{n}.json"
-    if not path.exists():
-      saved = sorted(p for p in directory.iterdir() if p.name.startswith("process_"))
-      payloads = [json.loads(p.read_text()) for p in saved]
-      # Another process count: a global position (identical on every saving process) is
-      # valid for this run too; a per-process one cannot be split or merged.
-      if payloads and all(p.get("global") and p == payloads[0] for p in payloads):
-        return _decode(payloads[0])
-      raise UserError(
-          f"{directory}: the data position was saved by other processes "
-          f"({', '.join(p.name for p in saved)}) and is per process, this run is process {i} "
-          f"of {n}; resume with the same number of processes, or start a new workdir with "
-          f"--init-from {directory.parent.parent.parent} (params only)")
-    return _decode(json.loads(path.read_text()))
-  def metadata(self, directory):
-    return None
-
-  def finalize(self, directory):
-    pass
-
-  def close(self):
-    pass
-
-
-def _decode(payload: dict):
-  return payload["state"].encode() if payload["kind"] == "bytes" else payload["state"]
-
-
-ocp.args.register_with_handler(DataStateHandler, for_save=True)(DataStateSave)
-ocp.args.register_with_handler(DataStateHandler, for_restore=True)(DataStateRestore)
-
-
-# ------------------------------------------------------------------------------- Checkpointer
-
-def _is_leaf_metadata(x) -> bool:
-  return isinstance(x, ocp.metadata.ArrayMetadata) or (
-      hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (dict, list, tuple)))
 
 
 @jax.jit
@@ -391,9 +144,9 @@ class Checkpointer:
     self.keep = int(keep)
     self.async_save = bool(async_save)
     self.best_metric = best_metric
-    self.config = _to_dict(config)
+    self.config = compat.to_json(config)
     self._tokenizer = None
-    tok_path = _get(self.config, "data.tokenizer") if self.config else "<absent>"
+    tok_path = compat.get(self.config, "data.tokenizer") if self.config else "<absent>"
     if tokenizer_identity is None and isinstance(tok_path, str) and os.path.isfile(tok_path):
       tokenizer_identity = _tokenizer_identity(tok_path)
     if tokenizer_identity is not None:
@@ -504,7 +257,7 @@ class Checkpointer:
         "tokenizer": self._tokenizer,
         "process_count": jax.process_count(),
         "device_count": jax.device_count(),
-        "metrics": _to_dict(metrics),
+        "metrics": compat.to_json(metrics),
         "time": time.time(),
     }
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -597,19 +350,10 @@ class Checkpointer:
     meta = self.read_meta(step)
     diffs = []
     if self.config is not None and meta.get("config") is not None:
-      for key in RESUME_KEYS:
-        old, new = _get(meta["config"], key), _get(self.config, key)
-        if old != new:
-          diffs.append(f"{key}: checkpoint {old!r}, now {new!r}")
-    old_tok, new_tok = meta.get("tokenizer"), self._tokenizer
-    if old_tok and new_tok:
-      for key in sorted((set(old_tok) | set(new_tok)) - {"files"}):
-        old, new = old_tok.get(key, "<absent>"), new_tok.get(key, "<absent>")
-        if old != new:
-          if key == "sha256":
-            old, new = f"{str(old)[:12]}...", f"{str(new)[:12]}..."
-          diffs.append(f"tokenizer {key}: checkpoint {old!r}, now {new!r} "
-                       f"(data.tokenizer={_get(self.config or {}, 'data.tokenizer')})")
+      diffs += compat.value_diffs(meta["config"],
+                                  {k: compat.get(self.config, k) for k in RESUME_KEYS})
+    diffs += compat.tokenizer_diffs(meta.get("tokenizer"), self._tokenizer,
+                                    compat.get(self.config or {}, "data.tokenizer"))
     if diffs:
       raise UserError(
           f"{self.step_dir(step)} was written by a run with a different setup: "
@@ -642,7 +386,7 @@ class Checkpointer:
         # Only evidence moves a checkpoint aside (a failed checksum, a missing item, JSON that
         # does not parse); any other failure (MemoryError, EIO ...) leaves it in place.
         damage = (str(e) if isinstance(e, CorruptCheckpoint)
-                  else _unreadable_file(e) or self._damage(s))
+                  else unreadable_file(e) or self._damage(s))
         if damage is None:
           raise CheckpointReadError(
               f"{self.step_dir(s)}: reading checkpoint step {s} failed ({type(e).__name__}: "
@@ -674,34 +418,12 @@ class Checkpointer:
     """The saved state's leaves (paths and shapes) must be this run's, or a UserError names
     what differs and the config fields that changed -- before anything is read or moved."""
     tree = self._mngr.item_metadata(step)["state"]  # global shapes, read from metadata only
-    saved = _leaf_shapes(tree.tree if hasattr(tree, "tree") else tree)
-    now = _leaf_shapes(abstract_state)
-    if saved == now:
-      return
-
-    def names(paths):
-      paths = sorted("/".join(p) for p in paths)
-      return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-    parts = []
-    if saved.keys() - now.keys():
-      parts.append(f"only in the checkpoint: {names(saved.keys() - now.keys())}")
-    if now.keys() - saved.keys():
-      parts.append(f"only in this run: {names(now.keys() - saved.keys())}")
-    shapes = [p for p in saved.keys() & now.keys() if saved[p] != now[p]]
-    if shapes:
-      p = sorted(shapes)[0]
-      parts.append(f"shapes differ: {'/'.join(p)} {list(saved[p])} vs {list(now[p])}"
-                   + (f" and {len(shapes) - 1} more" if len(shapes) > 1 else ""))
-    old_cfg = _flat_config((self.read_meta(step).get("config") or {}))
-    new_cfg = _flat_config(self.config or {})
-    changed = [f"{k}: checkpoint {old_cfg.get(k, '<absent>')!r}, now {new_cfg.get(k, '<absent>')!r}"
-               for k in sorted(old_cfg.keys() | new_cfg.keys())
-               if k.split(".")[0] in ("model", "optim", "finetune")
-               and old_cfg.get(k, "<absent>") != new_cfg.get(k, "<absent>")]
-    raise UserError(
-        f"{self.step_dir(step)}: the saved train state does not match this run's"
-        + (f" (config changed: {'; '.join(changed)})" if changed else "")
-        + f": {'; '.join(parts)}; resume with the checkpoint's values, or use a new workdir with --init-from "
+    diff = compat.structure_diff(tree.tree if hasattr(tree, "tree") else tree, abstract_state,
+                                 self.read_meta(step).get("config"), self.config)
+    if diff is not None:
+      raise UserError(
+          f"{self.step_dir(step)}: the saved train state does not match this run's{diff}; "
+          f"resume with the checkpoint's values, or use a new workdir with --init-from "
           f"{self.workdir} to start from its weights")
 
   def _verify(self, step: int) -> None:
@@ -745,62 +467,6 @@ class Checkpointer:
     self._mngr.reload()
 
 
-# ------------------------------------------------------------------------ params-only restore
-
-def restore_params(workdir: str, step: Optional[int] = None, sharding=None):
-  """Params of one checkpoint, without knowing the optimizer: returns (params, meta, step).
-
-  `workdir` is a run's workdir (latest readable step unless `step`) or one step directory.
-  Params come back as arrays on `sharding` (default: the first local device).
-  """
-  workdir = os.path.abspath(workdir)
-  if os.path.isdir(os.path.join(workdir, "state")) and os.path.isdir(os.path.join(workdir, "meta")):
-    ckpt_root, step = os.path.dirname(workdir), int(os.path.basename(workdir))
-  else:
-    ckpt_root = os.path.join(workdir, CHECKPOINT_DIR)
-  if not os.path.isdir(ckpt_root):
-    raise UserError(f"{workdir}: no checkpoints here (expected {ckpt_root}); pass a "
-                    f"pretraining workdir or one of its checkpoints/<step> directories")
-  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  # The PyTree handler reads what the Standard one wrote, and can restore a subtree only.
-  handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
-              "data": DataStateHandler()}
-  with ocp.CheckpointManager(ckpt_root, item_handlers=handlers,
-                             options=ocp.CheckpointManagerOptions(
-                                 read_only=True, create=False, save_interval_steps=0)) as mngr:
-    steps = sorted(mngr.all_steps())
-    if not steps:
-      raise UserError(f"{ckpt_root}: holds no complete checkpoint")
-    if step is not None and step not in steps:
-      raise UserError(f"{ckpt_root}: no checkpoint at step {step}; it has steps {steps}")
-    candidates = [step] if step is not None else list(reversed(steps))
-    last_err = None
-    for s in candidates:
-      try:
-        verify_manifest(os.path.join(ckpt_root, str(s)))
-        tree = mngr.item_metadata(s)["state"]
-        tree = tree.tree if hasattr(tree, "tree") else tree
-        if not isinstance(tree, dict) or "params" not in tree:
-          raise UserError(f"{ckpt_root}/{s}: the saved state has no 'params' entry")
-        item = {"params": jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-            tree["params"], is_leaf=_is_leaf_metadata)}
-        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), item)
-        out = mngr.restore(s, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
-                                         partial_restore=True),
-            meta=ocp.args.JsonRestore()))
-        return out["state"]["params"], out["meta"], s
-      except UserError:
-        raise
-      except Exception as e:
-        last_err = e
-        if step is None:
-          log.warning("checkpoint %s/%d is unreadable (%s); trying the previous one",
-                      ckpt_root, s, e)
-    raise UserError(f"{ckpt_root}: no readable checkpoint ({last_err})")
-
-
 def export_bundle(workdir: str, out_dir: str, step: Optional[int] = None,
                   fmt: str = "bertjax", overwrite: bool = False) -> str:
   """Write a params-only bundle (weights, model config, tokenizer) for fine-tuning.
@@ -815,6 +481,7 @@ def export_checkpoint(workdir: str, out_dir: str, step: Optional[int] = None,
                       fmt: str = "bertjax", overwrite: bool = False) -> tuple[str, int]:
   """`export_bundle` that also returns the step it exported (the latest readable by default)."""
   import ml_collections
+  from bertjax.checkpoint.params import restore_params
   if fmt not in ("bertjax", "hf"):
     raise UserError(f"--format {fmt}: use bertjax or hf")
   params, meta, step = restore_params(workdir, step)
@@ -829,14 +496,14 @@ def export_checkpoint(workdir: str, out_dir: str, step: Optional[int] = None,
   files = [os.path.join(root, rel) for rel in tok.get("files", [])]
   missing = [f for f in files if not os.path.isfile(f)]
   if not files or missing:
-    original = _get(cfg, "data.tokenizer")
+    original = compat.get(cfg, "data.tokenizer")
     if isinstance(original, str) and os.path.isfile(original):
       files = tokenizer_files(original)
     else:
       raise UserError(f"{workdir}: the tokenizer of step {step} is not in "
                       f"{os.path.join(root, TOKENIZER_DIR)} nor at {original}; "
                       f"copy it back to {original}")
-  lower = _get(cfg, "data.do_lower_case")
+  lower = compat.get(cfg, "data.do_lower_case")
   lower = lower if isinstance(lower, bool) else True
   bundle_meta = {"source": os.path.abspath(workdir), "step": step, "do_lower_case": lower,
                  "bertjax_version": meta.get("bertjax_version"),
