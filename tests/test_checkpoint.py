@@ -19,6 +19,7 @@ import pytest
 from bertjax import checkpoint as ck
 from bertjax.config import base_config
 from bertjax.errors import UserError
+from bertjax.train.preemption import PreemptionGuard
 
 P = jax.sharding.PartitionSpec
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -348,14 +349,14 @@ def test_preemption_guard_sigterm_and_sigint():
   # What the guard must put back: Python's default_int_handler, or SIG_IGN when this process
   # started with SIGINT ignored (a background job, `nohup`).
   before_int = signal.getsignal(signal.SIGINT)
-  with ck.PreemptionGuard() as guard:
+  with PreemptionGuard() as guard:
     assert not guard.should_stop(1)
     os.kill(os.getpid(), signal.SIGTERM)  # the process survives: the handler only sets a flag
     assert _handled(guard)
     assert guard.should_stop(2) and guard.signal_name == "SIGTERM"
     assert guard.should_stop(3)  # stays stopped
   assert signal.getsignal(signal.SIGTERM) is before
-  with ck.PreemptionGuard() as guard:
+  with PreemptionGuard() as guard:
     os.kill(os.getpid(), signal.SIGINT)
     assert _handled(guard)
     assert guard.should_stop(1) and guard.signal_name == "SIGINT"

@@ -37,13 +37,14 @@ Asynchrony: `save()` blocks only while device arrays are copied to host memory (
 previous save, if still writing, finishes); the files are written by a background thread while
 training continues. `wait()` blocks until the last save is committed.
 
-Preemption: `PreemptionGuard` turns SIGTERM/SIGINT into a flag; the loop asks
-`guard.should_stop(step)` every step, and every process gets the same answer at the same step
-(an all-gather every `sync_every` steps on several processes), so all save the same step.
+Preemption: `bertjax.train.preemption.PreemptionGuard` turns SIGTERM/SIGINT into a flag; the
+loop asks `guard.should_stop(step)` every step, and every process gets the same answer at the
+same step (an all-gather every `sync_every` steps on several processes), so all save the same
+step.
 """
 from bertjax.checkpoint.checkpointer import (CHECKPOINT_DIR, CORRUPT_DIR, TOKENIZER_DIR,
                                             CheckpointReadError, Checkpointer,
-                                            CheckpointWriteError, PreemptionGuard,
+                                            CheckpointWriteError,
                                             export_bundle, tokenizer_files,
                                             tokenizer_identity)
 from bertjax.checkpoint.data_state import DataStateHandler
@@ -54,4 +55,4 @@ from bertjax.checkpoint.params import restore_params
 __all__ = ["CHECKPOINT_DIR", "CORRUPT_DIR", "TOKENIZER_DIR", "MANIFEST", "Checkpointer",
            "CheckpointReadError", "CheckpointWriteError", "CorruptCheckpoint", "DataStateHandler",
            "find_damage", "restore_params", "verify_manifest", "write_manifest",
-           "PreemptionGuard", "export_bundle", "tokenizer_files", "tokenizer_identity"]
+           "export_bundle", "tokenizer_files", "tokenizer_identity"]

@@ -23,11 +23,12 @@ import jax
 import numpy as np
 
 from bertjax import sharding as shd
-from bertjax.checkpoint import Checkpointer, PreemptionGuard
+from bertjax.checkpoint import Checkpointer
 from bertjax.config import validate
 from bertjax.errors import UserError
 from bertjax.optim import make_optimizer
 from bertjax.train import metrics as mlib
+from bertjax.train.preemption import PreemptionGuard
 from bertjax.train.state import abstract_state, create_state
 from bertjax.train.step import combine_host, make_eval_step, make_train_step
 from bertjax.train.task import TrainTask
