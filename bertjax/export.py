@@ -33,7 +33,7 @@ import numpy as np
 
 import bertjax
 from bertjax import bundle, interop
-from bertjax.data.tokenizer import file_sha256
+from bertjax.data.tokenizer import file_sha256, tokenizer_files
 from bertjax.errors import UserError
 
 TASK_RECORD = "task.json"
@@ -132,7 +132,6 @@ def _rebuilt_head(cfg: dict, where: str) -> dict:
 def _workdir_tokenizer(root: str, meta: dict, cfg: dict, record: dict, where: str) -> list[str]:
   """The tokenizer files of a run: the first candidate whose SHA-256 is the one the checkpoint
   recorded (the fine-tuning record, the workdir's copy, --init's, data.tokenizer)."""
-  from bertjax import checkpoint  # noqa: PLC0415
   tok = meta.get("tokenizer") or {}
   want = tok.get("sha256")
   candidates = []
@@ -146,12 +145,12 @@ def _workdir_tokenizer(root: str, meta: dict, cfg: dict, record: dict, where: st
       with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, _, path, _ = bundle.load_encoder(init)
-      candidates.append(checkpoint.tokenizer_files(path))
+      candidates.append(tokenizer_files(path))
     except UserError:
       pass
   original = (cfg.get("data") or {}).get("tokenizer")
   if isinstance(original, str) and os.path.isfile(original):
-    candidates.append(checkpoint.tokenizer_files(original))
+    candidates.append(tokenizer_files(original))
   for files in candidates:
     if files and all(os.path.isfile(p) for p in files) and (
         want is None or file_sha256(files[0]) == want):

@@ -44,9 +44,7 @@ step.
 """
 from bertjax.checkpoint.checkpointer import (CHECKPOINT_DIR, CORRUPT_DIR, TOKENIZER_DIR,
                                             CheckpointReadError, Checkpointer,
-                                            CheckpointWriteError,
-                                            export_bundle, tokenizer_files,
-                                            tokenizer_identity)
+                                            CheckpointWriteError, export_bundle)
 from bertjax.checkpoint.data_state import DataStateHandler
 from bertjax.checkpoint.manifest import (MANIFEST, CorruptCheckpoint, find_damage,
                                          verify_manifest, write_manifest)
@@ -55,4 +53,4 @@ from bertjax.checkpoint.params import restore_params
 __all__ = ["CHECKPOINT_DIR", "CORRUPT_DIR", "TOKENIZER_DIR", "MANIFEST", "Checkpointer",
            "CheckpointReadError", "CheckpointWriteError", "CorruptCheckpoint", "DataStateHandler",
            "find_damage", "restore_params", "verify_manifest", "write_manifest",
-           "export_bundle", "tokenizer_files", "tokenizer_identity"]
+           "export_bundle"]

@@ -25,7 +25,7 @@ from bertjax.checkpoint import compat
 from bertjax.checkpoint.data_state import DataStateHandler, DataStateRestore, DataStateSave
 from bertjax.checkpoint.manifest import (CorruptCheckpoint, find_damage, unreadable_file,
                                          verify_manifest, write_manifest)
-from bertjax.data.tokenizer import file_sha256
+from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -49,23 +49,6 @@ RESUME_KEYS = (
     "train.phase2_global_batch_size",
     "optim.name",
 )
-
-
-def tokenizer_files(path: str) -> list[str]:
-  """The files that make up a tokenizer: a SentencePiece .model (+ its .vocab) or a vocab.txt."""
-  files = [path]
-  root, ext = os.path.splitext(path)
-  if ext == ".model" and os.path.isfile(root + ".vocab"):
-    files.append(root + ".vocab")
-  return files
-
-
-def tokenizer_identity(path: str) -> dict:
-  """What identifies a tokenizer across machines: its file name and the SHA-256 of its bytes."""
-  return {"file": os.path.basename(path), "sha256": file_sha256(path)}
-
-
-_tokenizer_identity = tokenizer_identity  # the Checkpointer argument shadows the name
 
 
 class CheckpointReadError(UserError):
@@ -142,7 +125,7 @@ class Checkpointer:
     self._tokenizer = None
     tok_path = compat.get(self.config, "data.tokenizer") if self.config else "<absent>"
     if tokenizer_identity is None and isinstance(tok_path, str) and os.path.isfile(tok_path):
-      tokenizer_identity = _tokenizer_identity(tok_path)
+      tokenizer_identity = tokenizer_lib.tokenizer_identity(tok_path)
     if tokenizer_identity is not None:
       self._tokenizer = dict(tokenizer_identity)
       if isinstance(tok_path, str) and os.path.isfile(tok_path):
@@ -183,7 +166,7 @@ class Checkpointer:
     """Copy the tokenizer files into WORKDIR/tokenizer/<hash>/ once; return relative paths."""
     sub = os.path.join(TOKENIZER_DIR, identity.get("sha256", "unknown")[:12])
     rels = []
-    for src in tokenizer_files(path):
+    for src in tokenizer_lib.tokenizer_files(path):
       rel = os.path.join(sub, os.path.basename(src))
       dst = os.path.join(self.workdir, rel)
       if jax.process_index() == 0 and not os.path.isfile(dst):
@@ -492,7 +475,7 @@ def export_checkpoint(workdir: str, out_dir: str, step: Optional[int] = None,
   if not files or missing:
     original = compat.get(cfg, "data.tokenizer")
     if isinstance(original, str) and os.path.isfile(original):
-      files = tokenizer_files(original)
+      files = tokenizer_lib.tokenizer_files(original)
     else:
       raise UserError(f"{workdir}: the tokenizer of step {step} is not in "
                       f"{os.path.join(root, TOKENIZER_DIR)} nor at {original}; "

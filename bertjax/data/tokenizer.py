@@ -34,6 +34,26 @@ def file_sha256(path: str) -> str:
   return h.hexdigest()
 
 
+def tokenizer_files(path: str) -> list[str]:
+  """The files that make up a tokenizer: a SentencePiece .model (+ its .vocab) or a vocab.txt."""
+  files = [path]
+  root, ext = os.path.splitext(path)
+  if ext == ".model" and os.path.isfile(root + ".vocab"):
+    files.append(root + ".vocab")
+  return files
+
+
+def tokenizer_identity(path: str, tokenizer: "Tokenizer | None" = None) -> dict:
+  """What identifies a tokenizer across machines (a prepared corpus and every checkpoint record
+  it): its file name and the SHA-256 of its bytes; given the loaded `tokenizer`, also its kind,
+  vocabulary size and case folding."""
+  out = {"file": os.path.basename(path), "sha256": file_sha256(path)}
+  if tokenizer is not None:
+    out.update(kind=tokenizer.kind, vocab_size=int(tokenizer.vocab_size),
+               do_lower_case=bool(tokenizer.do_lower_case))
+  return out
+
+
 class Tokenizer:
   """Common interface; see SentencePieceTokenizer and WordPieceTokenizer."""
   kind: str
@@ -62,9 +82,7 @@ class Tokenizer:
 
   def identity(self) -> dict:
     """What a prepared corpus / checkpoint records to detect a tokenizer change."""
-    return {"kind": self.kind, "vocab_size": int(self.vocab_size),
-            "sha256": file_sha256(self.path), "do_lower_case": bool(self.do_lower_case),
-            "file": os.path.basename(self.path)}
+    return tokenizer_identity(self.path, self)
 
   def files(self) -> list[str]:
     """Files to copy into an export so the tokenizer travels with the weights."""
