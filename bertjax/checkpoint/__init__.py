@@ -27,7 +27,8 @@ Resume order (what `bertjax pretrain` does when it starts; the trainer follows i
      Face dir): params only, a fresh optimizer and step 0;
   3. else a fresh initialisation from `train.seed`.
 Before (1) restores anything, the saved config and tokenizer are compared with the current ones
-(`RESUME_KEYS`) and every difference is named in one `UserError`.
+(the fields of `bertjax.config.RESUME_KEYS`, handed in by the trainer) and every difference is
+named in one `UserError`.
 
 Atomicity: Orbax writes each step into `<step>.orbax-checkpoint-tmp-*` and renames it when every
 item (and our manifest) is written, so a save killed at any moment never becomes the latest;

@@ -34,23 +34,6 @@ CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
 TOKENIZER_DIR = "tokenizer"
 
-# Config fields a resumed run must share with its checkpoint: they fix the parameter shapes,
-# the optimizer-state structure or the meaning of the saved data position. Everything else
-# (num_steps, learning-rate schedule, logging, dtype, remat, device count ...) may change.
-RESUME_KEYS = (
-    "model.vocab_size", "model.hidden_size", "model.num_hidden_layers",
-    "model.num_attention_heads", "model.intermediate_size", "model.max_position_embeddings",
-    "model.type_vocab_size", "model.hidden_act", "model.fused_qkv",
-    "data.corpus_format", "data.do_lower_case", "data.heldout_fraction", "data.max_seq_length",
-    "data.max_predictions_per_seq", "data.masked_lm_prob", "data.short_seq_prob",
-    "data.whole_word_masking", "data.seed",
-    "train.global_batch_size", "train.seed", "train.phase2_start",
-    "train.phase2_max_seq_length", "train.phase2_max_predictions_per_seq",
-    "train.phase2_global_batch_size",
-    "optim.name",
-)
-
-
 class CheckpointReadError(UserError):
   """Reading a checkpoint failed for a reason that is not evidence of damage (MemoryError,
   an I/O error): it is left where it is, and the same command resumes from it once the
@@ -101,11 +84,15 @@ class Checkpointer:
       only once the checkpoint is committed — the benchmark's synchronous baseline).
     best_metric: also keep the single best checkpoint by this metric from `save(metrics=...)`
       (minimised if its name contains "loss", else maximised).
-    config: the run's ConfigDict (or dict). Saved with every checkpoint; `restore` compares its
-      `RESUME_KEYS` with the checkpoint's and names each difference in a `UserError`.
-    tokenizer_identity: dict identifying the tokenizer; default `tokenizer_identity(path)` of
-      `config.data.tokenizer` when that file exists. Its files are copied into
-      WORKDIR/tokenizer/ once, so `export_bundle` works even if the original moves.
+    config: the run's ConfigDict (or dict), saved with every checkpoint; a saved state that
+      does not fit names the config fields that changed.
+    resume_values: {dotted config field: value} a resume must keep
+      (`bertjax.config.resume_values`); `restore` compares them with the checkpoint's config
+      and names each difference in a `UserError`.
+    tokenizer_identity: dict identifying the run's tokenizer (`bertjax.data.tokenizer`),
+      saved and compared the same way.
+    tokenizer_files: its files, copied into WORKDIR/tokenizer/ once, so an export works even
+      if the original moves.
 
   The data iterator: `save` and `restore` take the iterator object itself (`TrainTask.train_iter`,
   e.g. a grain `DatasetIterator`), or None. `save` calls `data_iter.get_state()` at once (a dict
@@ -114,7 +101,8 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool = True,
-               best_metric: str = "", config=None, tokenizer_identity=None):
+               best_metric: str = "", config=None, resume_values=None,
+               tokenizer_identity=None, tokenizer_files=()):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
     self.every_steps = int(every_steps)
@@ -122,14 +110,14 @@ class Checkpointer:
     self.async_save = bool(async_save)
     self.best_metric = best_metric
     self.config = compat.to_json(config)
+    self.resume_values = compat.to_json(resume_values) or {}
+    tokenizer_files = list(tokenizer_files)
     self._tokenizer = None
-    tok_path = compat.get(self.config, "data.tokenizer") if self.config else "<absent>"
-    if tokenizer_identity is None and isinstance(tok_path, str) and os.path.isfile(tok_path):
-      tokenizer_identity = tokenizer_lib.tokenizer_identity(tok_path)
+    self._tokenizer_path = tokenizer_files[0] if tokenizer_files else "<absent>"
     if tokenizer_identity is not None:
       self._tokenizer = dict(tokenizer_identity)
-      if isinstance(tok_path, str) and os.path.isfile(tok_path):
-        self._tokenizer["files"] = self._copy_tokenizer(tok_path, self._tokenizer)
+      if tokenizer_files:
+        self._tokenizer["files"] = self._copy_tokenizer(tokenizer_files, self._tokenizer)
     self._pending_step: Optional[int] = None    # step whose manifest the writer thread owes
     self._writing: Optional[int] = None         # step of the last save started
     self._failed = False                        # a write was refused: close() must not wait
@@ -162,11 +150,11 @@ class Checkpointer:
     getattr(mngr, "_maybe_await_cleanup_tmp_directory", lambda: None)()
     return mngr
 
-  def _copy_tokenizer(self, path: str, identity: dict) -> list[str]:
+  def _copy_tokenizer(self, files: list[str], identity: dict) -> list[str]:
     """Copy the tokenizer files into WORKDIR/tokenizer/<hash>/ once; return relative paths."""
     sub = os.path.join(TOKENIZER_DIR, identity.get("sha256", "unknown")[:12])
     rels = []
-    for src in tokenizer_lib.tokenizer_files(path):
+    for src in files:
       rel = os.path.join(sub, os.path.basename(src))
       dst = os.path.join(self.workdir, rel)
       if jax.process_index() == 0 and not os.path.isfile(dst):
@@ -326,11 +314,9 @@ class Checkpointer:
     """Compare a checkpoint's config and tokenizer with this run's; UserError lists every diff."""
     meta = self.read_meta(step)
     diffs = []
-    if self.config is not None and meta.get("config") is not None:
-      diffs += compat.value_diffs(meta["config"],
-                                  {k: compat.get(self.config, k) for k in RESUME_KEYS})
-    diffs += compat.tokenizer_diffs(meta.get("tokenizer"), self._tokenizer,
-                                    compat.get(self.config or {}, "data.tokenizer"))
+    if self.resume_values and meta.get("config") is not None:
+      diffs += compat.value_diffs(meta["config"], self.resume_values)
+    diffs += compat.tokenizer_diffs(meta.get("tokenizer"), self._tokenizer, self._tokenizer_path)
     if diffs:
       raise UserError(
           f"{self.step_dir(step)} was written by a run with a different setup: "

@@ -24,7 +24,8 @@ import numpy as np
 
 from bertjax import sharding as shd
 from bertjax.checkpoint import Checkpointer
-from bertjax.config import validate
+from bertjax.config import resume_values, validate
+from bertjax.data.tokenizer import checkpoint_tokenizer
 from bertjax.errors import UserError
 from bertjax.optim import make_optimizer
 from bertjax.train import metrics as mlib
@@ -117,10 +118,12 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
   abstract, shardings = abstract_state(task.init_params, tx, t.seed, first, mesh)
 
   # 3. resume order
+  tok_identity, tok_files = checkpoint_tokenizer(cfg.data.tokenizer, task.tokenizer_identity)
   ckpt = Checkpointer(workdir, every_steps=cfg.checkpoint.every_steps, keep=cfg.checkpoint.keep,
                       async_save=cfg.checkpoint.async_save,
                       best_metric=cfg.checkpoint.best_metric, config=cfg,
-                      tokenizer_identity=task.tokenizer_identity)
+                      resume_values=resume_values(cfg), tokenizer_identity=tok_identity,
+                      tokenizer_files=tok_files)
   start, pending, resumed_from = 0, first, None
   # A refused resume or --init (UserError) closes Orbax's manager before the error propagates:
   # left open, its background thread could die noisily in interpreter shutdown (a traceback
