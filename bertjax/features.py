@@ -152,7 +152,8 @@ class Extractor:
                max_seq_length: int = 128, batch_size: int = 32, mesh=None):
     import jax
 
-    from bertjax import bundle, sharding as shd
+    from bertjax import sharding as shd
+    from bertjax.weights import bundle
     from bertjax.config import base_config
     from bertjax.data.tokenizer import load_tokenizer
     from bertjax.model import BertEncoder

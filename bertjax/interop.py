@@ -656,7 +656,7 @@ def save_hf(params, model_cfg, out_dir: str, tokenizer_files: Iterable[str] = ()
   tokenizer_files: vocab.txt (WordPiece; a tokenizer_config.json is written unless one is
   given) or a SentencePiece .model (copied; transformers has no BERT SentencePiece tokenizer,
   so only the weights and config load there; README.md says so).
-  readme: the model card (bertjax/export.py writes one); a note on the tokenizer is appended.
+  readme: the model card (bertjax/weights/export.py writes one); a note on the tokenizer is appended.
   """
   tokenizer_files = [str(p) for p in tokenizer_files]
   for path in tokenizer_files:

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from bertjax import bundle, interop
+from bertjax import interop
+from bertjax.weights import bundle
 from bertjax.config import model_config
 from bertjax.errors import UserError
 from bertjax.interop_cli import export_hf_from_bundle, import_hf_main

@@ -434,7 +434,7 @@ def export_bundle(workdir: str, out_dir: str, step: Optional[int] = None,
                   fmt: str = "bertjax", overwrite: bool = False) -> str:
   """Write a params-only bundle (weights, model config, tokenizer) for fine-tuning.
 
-  fmt="bertjax": `bertjax.bundle.save_bundle` layout; fmt="hf": Hugging Face BertForPreTraining
+  fmt="bertjax": `bertjax.weights.bundle.save_bundle` layout; fmt="hf": Hugging Face BertForPreTraining
   layout via `bertjax.interop.save_hf`. Returns the absolute `out_dir`.
   """
   return export_checkpoint(workdir, out_dir, step, fmt, overwrite)[0]
@@ -472,7 +472,7 @@ def export_checkpoint(workdir: str, out_dir: str, step: Optional[int] = None,
                  "bertjax_version": meta.get("bertjax_version"),
                  "tokenizer_sha256": tok.get("sha256")}
   if fmt == "bertjax":
-    from bertjax import bundle
+    from bertjax.weights import bundle
     bundle.save_bundle(out_dir, params, model_cfg, files, meta=bundle_meta, overwrite=overwrite)
   else:
     from bertjax import interop

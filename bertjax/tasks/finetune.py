@@ -64,7 +64,7 @@ def load_init(cfg) -> tuple[Optional[dict], str, bool]:
   f = cfg.finetune
   if not f.init:
     return None, cfg.data.tokenizer, cfg.data.do_lower_case
-  from bertjax import bundle
+  from bertjax.weights import bundle
   params, model_cfg, tok_path, lower = bundle.load_encoder(f.init)
   from bertjax.config import model_config
   defaults = model_config()
@@ -441,7 +441,7 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
 
   load = None
   if encoder_params is not None:
-    from bertjax import bundle
+    from bertjax.weights import bundle
     # A fine-tuned --init (bertjax export, or a transformers BertFor... via import-hf) whose
     # head is this task's, same labels in the same order: start from that head too.
     init_head = bundle.load_head(f.init, spec.family, labels, pooling=f.pooling)
@@ -505,7 +505,7 @@ def run(cfg, workdir: str, *, progress: bool = True, command: Optional[list] = N
   job = build(cfg)
   summary = loop.train(job.task, cfg, workdir, mesh=job.mesh, progress=progress)
   if jax.process_index() == 0:  # the head, labels and tokenizer `bertjax export` needs
-    from bertjax import export
+    from bertjax.weights import export
     export.write_task_record(workdir, job, command)
   params = summary.pop("state").params
   if cfg.finetune.write_predictions:

@@ -202,7 +202,8 @@ def set_vocab_from_tokenizer(cfg, vocab_size: int) -> None:
 def _warm_start(path: str):
   """--init-from PATH -> load_pretrained(fresh params) -> params (a workdir, checkpoint, bundle
   or Hugging Face directory). Leaves absent from PATH keep their fresh values."""
-  from bertjax import bundle, checkpoint
+  from bertjax import checkpoint
+  from bertjax.weights import bundle
   if os.path.isdir(os.path.join(path, checkpoint.CHECKPOINT_DIR)) or os.path.isdir(
       os.path.join(path, "state")):
     loaded, _, _ = checkpoint.restore_params(path)

@@ -32,7 +32,8 @@ from typing import Any, Optional
 import numpy as np
 
 import bertjax
-from bertjax import bundle, interop
+from bertjax import interop
+from bertjax.weights import bundle
 from bertjax.data.tokenizer import file_sha256, tokenizer_files
 from bertjax.errors import UserError
 
