@@ -1,15 +1,14 @@
 """`bertjax import-hf HF_DIR OUT_DIR`: a Hugging Face BERT directory -> a bertjax bundle.
 
-The logic lives in bertjax/interop.py (HF names <-> params), bertjax/weights/bundle.py (our format) and
-bertjax/weights/export.py (the way back: `bertjax export BUNDLE OUT --format hf`).
+The logic lives in bertjax/weights/: interop/ (HF names <-> params), bundle.py (our format)
+and export.py (the way back: `bertjax export BUNDLE OUT --format hf`).
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-from bertjax import interop
-from bertjax.weights import bundle
+from bertjax.weights import bundle, interop
 from bertjax.errors import UserError
 
 

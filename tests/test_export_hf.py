@@ -39,8 +39,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from bertjax import interop, scoring
-from bertjax.weights import bundle, export
+from bertjax import scoring
+from bertjax.weights import bundle, export, interop
 from bertjax.errors import UserError
 from bertjax.heads import FineTuneModel
 from bertjax.interop_cli import import_hf

@@ -113,8 +113,7 @@ def test_exact_resume_bitwise(tmp_path, prepared, reference):
 
 
 def test_export_bundle_and_hf(tmp_path, reference):
-  from bertjax import interop
-  from bertjax.weights import bundle
+  from bertjax.weights import bundle, interop
   from bertjax.checkpoint_cli import export_main
   wd = str(reference["workdir"])
   assert export_main([wd, str(tmp_path / "b")]) == 0

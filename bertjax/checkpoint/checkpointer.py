@@ -435,7 +435,7 @@ def export_bundle(workdir: str, out_dir: str, step: Optional[int] = None,
   """Write a params-only bundle (weights, model config, tokenizer) for fine-tuning.
 
   fmt="bertjax": `bertjax.weights.bundle.save_bundle` layout; fmt="hf": Hugging Face BertForPreTraining
-  layout via `bertjax.interop.save_hf`. Returns the absolute `out_dir`.
+  layout via `bertjax.weights.interop.save_hf`. Returns the absolute `out_dir`.
   """
   return export_checkpoint(workdir, out_dir, step, fmt, overwrite)[0]
 
@@ -475,6 +475,6 @@ def export_checkpoint(workdir: str, out_dir: str, step: Optional[int] = None,
     from bertjax.weights import bundle
     bundle.save_bundle(out_dir, params, model_cfg, files, meta=bundle_meta, overwrite=overwrite)
   else:
-    from bertjax import interop
+    from bertjax.weights import interop
     interop.save_hf(params, model_cfg, out_dir, files, do_lower_case=lower, overwrite=overwrite)
   return os.path.abspath(out_dir), step

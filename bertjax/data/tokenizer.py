@@ -43,6 +43,16 @@ def tokenizer_files(path: str) -> list[str]:
   return files
 
 
+def tokenizer_kind(tokenizer_files) -> str:
+  """'wordpiece' (vocab.txt), 'sentencepiece' (*.model) or 'none'."""
+  names = [os.path.basename(p) for p in tokenizer_files]
+  if any(n.endswith(".model") for n in names):
+    return "sentencepiece"
+  if "vocab.txt" in names:
+    return "wordpiece"
+  return "none"
+
+
 def tokenizer_identity(path: str, tokenizer: "Tokenizer | None" = None) -> dict:
   """What identifies a tokenizer across machines (a prepared corpus and every checkpoint record
   it): its file name and the SHA-256 of its bytes; given the loaded `tokenizer`, also its kind,

@@ -9,7 +9,7 @@ SRC is any of
   a bertjax bundle (export, import-hf)            -> the class it holds
   a Hugging Face BERT directory                   -> the class it is
 and OUT is a bundle (--format bertjax) or a Hugging Face directory (--format hf: config.json,
-model.safetensors, tokenizer files; bertjax/interop.py). Both carry a model card: README.md in
+model.safetensors, tokenizer files; bertjax/weights/interop/). Both carry a model card: README.md in
 the HF directory, the "card" entry of bundle.json (which a later HF export turns into README.md).
 
 A fine-tuned model's head (family, task, label names in id order, pooling) is what
@@ -32,7 +32,7 @@ from typing import Any, Optional
 import numpy as np
 
 import bertjax
-from bertjax import interop
+from bertjax.weights import interop
 from bertjax.weights import bundle
 from bertjax.data.tokenizer import file_sha256, tokenizer_files
 from bertjax.errors import UserError
