@@ -37,6 +37,7 @@ from bertjax.errors import UserError
 from bertjax.heads import POOLINGS, FineTuneModel
 from bertjax.tasks import batching, conll, featurize, glue, registry, squad
 from bertjax.train.task import TrainTask
+from bertjax.weights import warm_start
 
 # Model fields an --init checkpoint decides (the architecture); compute options (dtype, remat,
 # attention_impl, fused_qkv) stay as the config sets them.
@@ -74,8 +75,7 @@ def load_init(cfg) -> tuple[Optional[dict], str, bool]:
         continue  # set by the user: an override, not the checkpoint's
       if k in model_cfg:
         cfg.model[k] = model_cfg[k]
-  encoder = params["bert"] if "bert" in params else params
-  return encoder, tok_path, lower
+  return warm_start.encoder_of(params), tok_path, lower
 
 
 # --------------------------------------------------------------- features per family
@@ -446,13 +446,10 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
     # head is this task's, same labels in the same order: start from that head too.
     init_head = bundle.load_head(f.init, spec.family, labels, pooling=f.pooling)
 
+    loaded = {"bert": encoder_params, **(init_head or {})}
+
     def load(fresh):
-      _check_tree(fresh["bert"], encoder_params, f.init)
-      out = dict(fresh)
-      out["bert"] = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), encoder_params)
-      if init_head is not None:
-        out.update(init_head)
-      return out
+      return warm_start.merge(fresh, loaded, f.init, exact_encoder=True)
 
   job = FinetuneJob(spec=spec, cfg=cfg, tokenizer=tok, model=model, labels=labels,
                     train_features=train_feats, evals=evals, tests=tests, mesh=mesh,
@@ -486,16 +483,6 @@ def freeze_predicate(freeze: str, layers: int = 0):
     names = {"embeddings"} | {f"layer_{i}" for i in range(layers)}
     return lambda path: path[0] == "bert" and len(path) > 1 and path[1] in names
   raise UserError(f"finetune.freeze={freeze!r}: use none, encoder or embeddings")
-
-
-def _check_tree(fresh, loaded, where: str) -> None:
-  """The checkpoint's encoder must have exactly the fresh encoder's paths and shapes."""
-  a = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(fresh)}
-  b = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
-  if a != b:
-    diff = sorted(set(a.items()) ^ set(b.items()))[:3]
-    raise UserError(f"{where}: encoder parameters do not match the model built from its config "
-                    f"(first differences: {diff})")
 
 
 def run(cfg, workdir: str, *, progress: bool = True, command: Optional[list] = None) -> dict:
