@@ -7,7 +7,6 @@ This docstring is the checkpoint format; the code is in
   data_state.py     the data-iterator item, one JSON file per process
   params.py         `restore_params`: the params of one checkpoint, without the optimizer
 
-
 Layout of a workdir (WORKDIR/checkpoints is an Orbax `CheckpointManager` directory):
 
   WORKDIR/checkpoints/<step>/state/     the train-state pytree (params, opt_state, step, rng ...)
@@ -45,7 +44,7 @@ step.
 """
 from bertjax.checkpoint.checkpointer import (CHECKPOINT_DIR, CORRUPT_DIR, TOKENIZER_DIR,
                                             CheckpointReadError, Checkpointer,
-                                            CheckpointWriteError, export_bundle)
+                                            CheckpointWriteError)
 from bertjax.checkpoint.data_state import DataStateHandler
 from bertjax.checkpoint.manifest import (MANIFEST, CorruptCheckpoint, find_damage,
                                          verify_manifest, write_manifest)
@@ -53,5 +52,4 @@ from bertjax.checkpoint.params import restore_params
 
 __all__ = ["CHECKPOINT_DIR", "CORRUPT_DIR", "TOKENIZER_DIR", "MANIFEST", "Checkpointer",
            "CheckpointReadError", "CheckpointWriteError", "CorruptCheckpoint", "DataStateHandler",
-           "find_damage", "restore_params", "verify_manifest", "write_manifest",
-           "export_bundle"]
+           "find_damage", "restore_params", "verify_manifest", "write_manifest"]

@@ -1,11 +1,14 @@
 """`Checkpointer`: Orbax checkpoints of one training run, saved in the background, restored
 onto any mesh, the latest unreadable one set aside (the format and the resume order:
 bertjax/checkpoint/__init__.py).
+
+About 400 lines, one class: saving and restoring share the Orbax manager, its writer thread and
+the pending-manifest state, so they stay together; the checks they run live beside it
+(manifest.py: damage evidence, compat.py: what refuses a resume).
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 import json
 import logging
@@ -13,7 +16,7 @@ import os
 import re
 import shutil
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +28,6 @@ from bertjax.checkpoint import compat
 from bertjax.checkpoint.data_state import DataStateHandler, DataStateRestore, DataStateSave
 from bertjax.checkpoint.manifest import (CorruptCheckpoint, find_damage, unreadable_file,
                                          verify_manifest, write_manifest)
-from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -428,53 +430,3 @@ class Checkpointer:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"bertjax_set_aside_{step}")
     self._mngr.reload()
-
-
-def export_bundle(workdir: str, out_dir: str, step: Optional[int] = None,
-                  fmt: str = "bertjax", overwrite: bool = False) -> str:
-  """Write a params-only bundle (weights, model config, tokenizer) for fine-tuning.
-
-  fmt="bertjax": `bertjax.weights.bundle.save_bundle` layout; fmt="hf": Hugging Face BertForPreTraining
-  layout via `bertjax.weights.interop.save_hf`. Returns the absolute `out_dir`.
-  """
-  return export_checkpoint(workdir, out_dir, step, fmt, overwrite)[0]
-
-
-def export_checkpoint(workdir: str, out_dir: str, step: Optional[int] = None,
-                      fmt: str = "bertjax", overwrite: bool = False) -> tuple[str, int]:
-  """`export_bundle` that also returns the step it exported (the latest readable by default)."""
-  import ml_collections
-  from bertjax.checkpoint.params import restore_params
-  if fmt not in ("bertjax", "hf"):
-    raise UserError(f"--format {fmt}: use bertjax or hf")
-  params, meta, step = restore_params(workdir, step)
-  params = jax.tree.map(np.asarray, params)
-  cfg = meta.get("config") or {}
-  if "model" not in cfg:
-    raise UserError(f"{workdir}: checkpoint step {step} has no model config in its metadata")
-  model_cfg = ml_collections.ConfigDict(cfg["model"])
-  tok = meta.get("tokenizer") or {}
-  root = workdir if os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)) else \
-      os.path.dirname(os.path.dirname(os.path.abspath(workdir)))
-  files = [os.path.join(root, rel) for rel in tok.get("files", [])]
-  missing = [f for f in files if not os.path.isfile(f)]
-  if not files or missing:
-    original = compat.get(cfg, "data.tokenizer")
-    if isinstance(original, str) and os.path.isfile(original):
-      files = tokenizer_lib.tokenizer_files(original)
-    else:
-      raise UserError(f"{workdir}: the tokenizer of step {step} is not in "
-                      f"{os.path.join(root, TOKENIZER_DIR)} nor at {original}; "
-                      f"copy it back to {original}")
-  lower = compat.get(cfg, "data.do_lower_case")
-  lower = lower if isinstance(lower, bool) else True
-  bundle_meta = {"source": os.path.abspath(workdir), "step": step, "do_lower_case": lower,
-                 "bertjax_version": meta.get("bertjax_version"),
-                 "tokenizer_sha256": tok.get("sha256")}
-  if fmt == "bertjax":
-    from bertjax.weights import bundle
-    bundle.save_bundle(out_dir, params, model_cfg, files, meta=bundle_meta, overwrite=overwrite)
-  else:
-    from bertjax.weights import interop
-    interop.save_hf(params, model_cfg, out_dir, files, do_lower_case=lower, overwrite=overwrite)
-  return os.path.abspath(out_dir), step

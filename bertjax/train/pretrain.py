@@ -393,8 +393,8 @@ def resolve_budget(cfg, workdir: str, measure=measure_step_seconds) -> Optional[
 def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool = False,
                     export: bool = True, progress: bool = True) -> dict:
   """`bertjax pretrain`: prepare, train (resuming), export, summarise. Returns the summary."""
-  from bertjax import checkpoint
   from bertjax.train.loop import train
+  from bertjax.weights import export as export_lib
   if not synthetic:  # paths checked and vocab_size known before a budget compiles a step
     from bertjax.data.tokenizer import load_tokenizer
     _check_paths(cfg)
@@ -412,7 +412,7 @@ def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool =
       export_dir = os.path.join(os.path.abspath(workdir), "export")
       if os.path.isdir(export_dir):  # ours, from an earlier run of this workdir: refresh it
         shutil.rmtree(export_dir)
-      checkpoint.export_bundle(workdir, export_dir, step=summary["steps"])
+      export_lib.export(workdir, export_dir, step=summary["steps"])
     elif jax.process_index() == 0:  # Orbax's reads synchronise hosts: export from one process
       print(f"[pretrain] export with: bertjax export {workdir} OUT_DIR", flush=True)
   summary["export"] = export_dir
