@@ -1,4 +1,7 @@
-"""`bertjax export SRC OUT [--step N] [--format bertjax|hf]`: any model out (bertjax/weights/export.py)."""
+"""`bertjax export SRC OUT [--step N] [--format bertjax|hf]`: any model out.
+
+The logic lives in bertjax/weights/export.py.
+"""
 from __future__ import annotations
 
 import argparse

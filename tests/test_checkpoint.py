@@ -1,4 +1,4 @@
-"""Checkpointer unit tests: a toy train state and a real grain iterator (bertjax/checkpoint.py)."""
+"""Checkpointer unit tests: a toy train state and a real grain iterator (bertjax/checkpoint/)."""
 import json
 import logging
 import os
