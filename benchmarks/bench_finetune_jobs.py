@@ -8,15 +8,18 @@ one variant after the other on the same machine, from all-MiniLM-L6-v2 (gt-all-m
   mrpc   MRPC, all train rows, 3 epochs, batch 32, lr 2e-5, max length 128
   squad  SQuAD v1.1 dev, the first 40 articles train, the other 8 evaluate, 1 epoch, 384/128
 
-Variants: `defaults` (finetune.batching=pack, model.dtype=auto), `padded-f32`
-(finetune.batching=pad, model.dtype=float32: every row 128 tokens, as before packing) and
-`transformers-fp32` (the peer: benchmarks/finetune_compare.py's PyTorch loop in .venv-peer,
-the same recipe and example order, each batch padded to its longest row; classification jobs).
+Variants: `defaults` (finetune.batching=pack, model.dtype=auto), `padded` (batching=pad in the
+defaults' dtype: every row 128 tokens, the dev metric the defaults' is compared with),
+`padded-f32` (batching=pad, float32: the setting before packing), and the peer,
+`transformers-fp32` / `transformers-bf16` (benchmarks/finetune_compare.py's PyTorch loop in
+.venv-peer: the same recipe and example order, each batch padded to its longest row, fp32 or
+under torch.autocast(bfloat16)).
 seq/s = training examples x epochs / wall time of the whole job; cpu_s = the CPU time of the
 job's process (os.wait4), which a machine shared with other work inflates far less than wall
 time; seq_per_cpu_s = examples / cpu_s; train_seq_per_s = the trainer's windows' mean rate.
 
-  nice -n 10 .venv/bin/python -m benchmarks.bench_finetune_jobs --jobs sst2
+  taskset -c 0 .venv/bin/python -m benchmarks.bench_finetune_jobs --jobs sst2,mrpc \
+      --machine-note "one core (taskset -c 0), other work kept on the other core"
       # -> appends a run (date, commit, command, rows) to benchmarks/results.json "finetune_jobs"
       # and prints a table
 """
@@ -48,9 +51,17 @@ JOBS = {
 }
 VARIANTS = {
     "defaults": [],
+    # The same dtype as the defaults, one example per 128-token row: the dev metric to compare
+    # the defaults' against (only the batch layout differs).
+    "padded": ["--config.finetune.batching=pad"],
     "padded-f32": ["--config.finetune.batching=pad", "--config.model.dtype=float32"],
-    "transformers-fp32": [],     # runs benchmarks/finetune_compare.py --side peer instead
+    # The peer (benchmarks/finetune_compare.py --side peer in .venv-peer) in fp32, and with its
+    # forward passes under torch.autocast(bfloat16), each batch padded to its longest row.
+    "transformers-fp32": [],
+    "transformers-bf16": ["--peer-autocast"],
 }
+PEERS = ("transformers-fp32", "transformers-bf16")
+METRIC_KEYS = {"sst2": ("accuracy",), "mrpc": ("accuracy", "f1"), "squad": ("exact_match", "f1")}
 
 
 def job_cmd(job: dict, variant: str, workdir: str) -> list[str]:
@@ -65,16 +76,16 @@ def job_cmd(job: dict, variant: str, workdir: str) -> list[str]:
           "--config.checkpoint.every_steps=1000000"] + job["extra"] + VARIANTS[variant]
 
 
-def peer_cmd(job: dict, out: str) -> list[str]:
+def peer_cmd(job: dict, variant: str, out: str) -> list[str]:
   return [str(REPO / ".venv-peer" / "bin" / "python"), str(HERE / "finetune_compare.py"),
           "--task", job["task"], "--side", "peer", "--out", out, "--lr", "2e-5", "--batch", "32",
           "--epochs", str(job["epochs"]), "--seq", str(job["seq"]),
-          "--max-train", str(job["max_train"]), "--dynamic-padding"]
+          "--max-train", str(job["max_train"]), "--dynamic-padding"] + VARIANTS[variant]
 
 
 def start(name: str, variant: str, work: str) -> tuple[subprocess.Popen, list[str], float]:
   job = JOBS[name]
-  cmd = peer_cmd(job, work) if variant == "transformers-fp32" else job_cmd(job, variant, work)
+  cmd = peer_cmd(job, variant, work) if variant in PEERS else job_cmd(job, variant, work)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL), cmd, time.time()
 
@@ -82,14 +93,17 @@ def start(name: str, variant: str, work: str) -> tuple[subprocess.Popen, list[st
 def collect(name: str, variant: str, work: str, cmd: list[str], wall: float, cpu: float) -> dict:
   """The finished job's row: wall and CPU seconds of its process, rates, dev metric."""
   row = {"job": name, "variant": variant, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
-  if variant == "transformers-fp32":
+  if variant in PEERS:
     peer = json.load(open(os.path.join(work, "compare.json")))["peer"]
-    steps, dev, speeds = peer["steps"], {"accuracy": peer["metrics"]["accuracy"]}, None
-    row.update(dtype="float32", batching="dynamic padding", torch=peer.get("torch"))
+    steps, speeds = peer["steps"], None
+    dev = {k: v for k, v in peer["metrics"].items() if k in METRIC_KEYS[name]}
+    row.update(dtype="bfloat16 autocast" if variant == "transformers-bf16" else "float32",
+               batching="dynamic padding", torch=peer.get("torch"))
   else:
     final = json.load(open(os.path.join(work, "eval_results.json")))
     rows = [json.loads(l) for l in open(os.path.join(work, "metrics.jsonl"))]
     steps, dev = max(r["step"] for r in rows), next(iter(final["results"].values()))
+    dev = {k: v for k, v in dev.items() if k in METRIC_KEYS[name]}
     speeds = [r["seq_per_s"] for r in rows if r.get("seq_per_s")]
     row.update(dtype=final.get("model_dtype"), batching=final.get("batching"))
   row.update(steps=steps, dev=dev, seq_per_s=round(steps * 32 / wall, 2),
@@ -109,6 +123,8 @@ def main(argv=None) -> int:
   p.add_argument("--parallel", action="store_true",
                  help="start every variant at once (a loaded machine then slows all alike); "
                       "cpu_s is each process's own CPU time either way")
+  p.add_argument("--machine-note", default="shared with other jobs while measured",
+                 help="how the machine was shared, recorded with the run")
   args = p.parse_args(argv)
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
@@ -117,10 +133,10 @@ def main(argv=None) -> int:
   rows = []
   record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "commit": commit + ("+dirty" if dirty else ""),
-            "command": "nice -n 10 .venv/bin/python -m benchmarks.bench_finetune_jobs "
+            "command": ".venv/bin/python -m benchmarks.bench_finetune_jobs "
                        + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                       "shared with other jobs while measured",
+                       + args.machine_note,
             "parallel": args.parallel, "rows": rows, "complete": False}
   results = json.load(open(args.out)) if os.path.exists(args.out) else {}
   runs = results.get("finetune_jobs", [])          # every run kept, newest last

@@ -76,6 +76,12 @@ def _optimizer(model, args, steps):
   return opt, sched
 
 
+def _autocast(args):
+  """--peer-autocast: the peer's forward under torch.autocast(bf16) on the CPU (AMP)."""
+  import torch
+  return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.peer_autocast))
+
+
 def _train(model, tensors: dict, args, log):
   import math
   import torch
@@ -91,7 +97,8 @@ def _train(model, tensors: dict, args, log):
     if getattr(args, "dynamic_padding", False):  # transformers' default collator: pad to longest
       width = int(batch["attention_mask"].sum(1).max())
       batch = {k: v[:, :width] if v.ndim == 2 else v for k, v in batch.items()}
-    out = model(**batch)
+    with _autocast(args):
+      out = model(**batch)
     out.loss.backward()
     losses.append(out.loss.item())
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -154,7 +161,8 @@ def peer_classification(args, log) -> dict:
       if args.dynamic_padding:
         width = int(chunk["attention_mask"].sum(1).max())
         chunk = {k: v[:, :width] for k, v in chunk.items()}
-      preds.append(model(**chunk).logits.argmax(-1).numpy())
+      with _autocast(args):
+        preds.append(model(**chunk).logits.float().argmax(-1).numpy())
   preds = np.concatenate(preds)
   dev_predictions = [labels[i] for i in preds]
   result = {"accuracy": 100 * scoring.accuracy(preds, y), "f1": 100 * scoring.f1_binary(preds, y),
@@ -221,9 +229,10 @@ def peer_squad(args, log) -> dict:
   sl, el = [], []
   with torch.no_grad():
     for i in range(0, len(sample), 64):
-      out = model(**{k: v[i:i + 64] for k, v in ids.items()})
-      sl.append(out.start_logits.numpy())
-      el.append(out.end_logits.numpy())
+      with _autocast(args):
+        out = model(**{k: v[i:i + 64] for k, v in ids.items()})
+      sl.append(out.start_logits.float().numpy())
+      el.append(out.end_logits.float().numpy())
   sl, el = np.concatenate(sl), np.concatenate(el)
   best = collections.defaultdict(lambda: (-1e9, ""))
   for f in range(len(sample)):
@@ -345,6 +354,8 @@ def main(argv=None) -> int:
   p.add_argument("--deterministic", action="store_true",
                  help="both sides without dropout and with a zero-initialised head: no random "
                       "draw left, so the two runs differ only by arithmetic")
+  p.add_argument("--peer-autocast", action="store_true",
+                 help="peer: forward passes under torch.autocast('cpu', bfloat16)")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                  help="ours: compute dtype (model.dtype; params stay f32); the peer runs fp32")
   args = p.parse_args(argv)

@@ -197,6 +197,26 @@ def test_train_batches_split_one_global_layout_over_processes(tmp_path):
   assert whole["example_weight"].sum() == 8
 
 
+def test_fast_bf16_cpu_flags():
+  from bertjax import config
+  avx2 = ["processor : 0", "flags : fpu sse2 avx avx2 fma"]
+  assert not config.cpu_has_fast_bf16(avx2)
+  assert config.cpu_has_fast_bf16(["flags : fpu avx2 avx512f avx512_bf16"])   # Zen 4
+  assert config.cpu_has_fast_bf16(["flags : fpu avx512f amx_bf16 amx_tile"])  # Sapphire Rapids
+  assert not config.cpu_has_fast_bf16(["model name : avx512_bf16 in a name, not a flag"])
+
+
+def test_auto_dtype_in_the_model(monkeypatch):
+  from bertjax import config, model
+  import jax.numpy as jnp
+  cfg = config.model_config("tiny")
+  cfg.dtype = "auto"
+  monkeypatch.setattr(config, "fast_bf16", lambda: True)
+  assert model.dtype_of(cfg) == jnp.bfloat16
+  monkeypatch.setattr(config, "fast_bf16", lambda: False)
+  assert model.dtype_of(cfg) == jnp.float32
+
+
 def test_auto_dtype_resolves_per_hardware(monkeypatch, tmp_path):
   from bertjax import config
   monkeypatch.setattr(config, "fast_bf16", lambda: True)
