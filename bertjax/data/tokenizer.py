@@ -64,7 +64,6 @@ def tokenizer_identity(path: str, tokenizer: "Tokenizer | None" = None) -> dict:
   return out
 
 
-
 def checkpoint_tokenizer(path, identity: "dict | None" = None) -> "tuple[dict | None, list[str]]":
   """The tokenizer a run's checkpoints record, from the path in use (`data.tokenizer`, which
   fine-tuning sets to --init's): (identity, files to copy into the workdir). `identity` is the
@@ -73,6 +72,7 @@ def checkpoint_tokenizer(path, identity: "dict | None" = None) -> "tuple[dict | 
   if not (isinstance(path, str) and os.path.isfile(path)):
     return identity, []
   return (identity if identity is not None else tokenizer_identity(path)), tokenizer_files(path)
+
 
 class Tokenizer:
   """Common interface; see SentencePieceTokenizer and WordPieceTokenizer."""
