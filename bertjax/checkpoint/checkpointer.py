@@ -36,6 +36,7 @@ CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
 TOKENIZER_DIR = "tokenizer"
 
+
 class CheckpointReadError(UserError):
   """Reading a checkpoint failed for a reason that is not evidence of damage (MemoryError,
   an I/O error): it is left where it is, and the same command resumes from it once the
