@@ -2,7 +2,10 @@
 
 A config file is Python with `get_config()` returning a ConfigDict built on `base_config()`.
 Overrides look like `--config.optim.lr=1e-4`; a misspelled key or a value of the wrong type
-is a `UserError` naming the key, never a silent default.
+is a `UserError` naming the key, never a silent default. `RESUME_KEYS` names the fields a
+resumed run must keep (the trainer hands their values to the Checkpointer).
+
+Over 400 lines because `base_config()` declares every field once, each with its comment.
 """
 from __future__ import annotations
 
