@@ -145,7 +145,7 @@ def main(argv=None) -> int:
   def save():
     results["finetune_jobs"] = runs
     with open(args.out, "w") as f:
-      json.dump(results, f, indent=1)
+      json.dump(results, f, indent=2)
       f.write("\n")
 
   todo = [(n, v) for n in args.jobs.split(",") for v in args.variants.split(",")]

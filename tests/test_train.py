@@ -69,6 +69,29 @@ def test_data_parallel_equals_one_device_and_compiles_once():
   np.testing.assert_allclose(eight, one, atol=1e-5, rtol=0)
 
 
+def test_create_state_with_load_equals_full_init_then_overwrite():
+  """--init: only the leaves `load` keeps fresh are initialised, with a full init's values."""
+  cfg = tiny_cfg()
+  mesh = shd.make_mesh(cfg.mesh)
+  task = pretrain_task(cfg, synthetic=True)
+  tx, _ = make_optimizer(cfg.optim, cfg.train.num_steps)
+  first = next(SyntheticIterator(cfg, 0, seed=7))
+  full = jax.device_get(create_state(task.init_params, tx, 3, first, mesh))
+  pretrained = jax.tree_util.tree_map(lambda x: np.full(x.shape, 0.5, np.float32),
+                                      full.params["bert"])
+  seen = []
+
+  def load(fresh):
+    seen.append(fresh)
+    return {**fresh, "bert": pretrained}
+  state = jax.device_get(create_state(task.init_params, tx, 3, first, mesh, load=load))
+  assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(seen[0]))
+  want = {**full.params, "bert": pretrained}
+  for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(
+      full.replace(params=want, opt_state=tx.init(want)))):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_accumulation_4x8_equals_1x32():
   cfg = tiny_cfg()
   mesh = shd.make_mesh(cfg.mesh)

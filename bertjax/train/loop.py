@@ -82,13 +82,6 @@ def _pad_rows(batch: dict, rows: int) -> dict:
           batch.items()}
 
 
-def _place_params(tree, shardings):
-  """Host (numpy) params -> global arrays on `shardings` (every process holds the same values)."""
-  return jax.tree_util.tree_map(
-      lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
-      tree, shardings)
-
-
 def _progress(total: int, initial: int, enabled: bool):
   """A tqdm bar on a terminal; elsewhere (logs, CI) plain lines are printed at log steps."""
   import sys
@@ -135,10 +128,7 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
       if is_main:
         print(f"[{task.name}] resumed from {ckpt.step_dir(start)} (step {start})", flush=True)
     else:
-      state = create_state(task.init_params, tx, t.seed, first, mesh)
-      if task.load_pretrained is not None:
-        host = jax.tree_util.tree_map(np.asarray, jax.device_get(state.params))
-        state = state.replace(params=_place_params(task.load_pretrained(host), shardings.params))
+      state = create_state(task.init_params, tx, t.seed, first, mesh, load=task.load_pretrained)
 
   steps = {}  # phase -> compiled step (each traced once)
 
