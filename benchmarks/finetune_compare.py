@@ -16,7 +16,7 @@ uses its own standard preprocessing and head: bertjax's readers/featurizers, and
 BertTokenizerFast + BertForSequenceClassification / BertForTokenClassification /
 BertForQuestionAnswering with transformers' run_ner-style labels (each word's first sub-token,
 the rest -100) and run_qa-style windows (offset mapping, overflowing tokens, n-best decoding).
-Both score with bertjax.metrics (the official formulas).
+Both score with bertjax.scoring (the official formulas).
 
 Tagging (`--task pos` / `--task conll2003`) reads CoNLL columns; the default data is what
 benchmarks/make_tagging_data.py writes to runs/tagdata (silver UPOS + gazetteer IOB2 NER over
@@ -220,7 +220,7 @@ def peer_classification(args, log) -> dict:
   import numpy as np
   import torch
   from transformers import BertForSequenceClassification, BertTokenizerFast
-  from bertjax import metrics
+  from bertjax import scoring
   from bertjax.tasks import registry
   spec = registry.get(args.task)
   train = spec.read(args.data, "train", None)[:args.max_train or None]
@@ -256,8 +256,8 @@ def peer_classification(args, log) -> dict:
         preds.append(model(**chunk).logits.float().argmax(-1).numpy())
   preds = np.concatenate(preds)
   dev_predictions = [labels[i] for i in preds]
-  result = {"accuracy": 100 * metrics.accuracy(preds, y), "f1": 100 * metrics.f1_binary(preds, y),
-            "mcc": 100 * metrics.matthews_corrcoef(preds, y)}
+  result = {"accuracy": 100 * scoring.accuracy(preds, y), "f1": 100 * scoring.f1_binary(preds, y),
+            "mcc": 100 * scoring.matthews_corrcoef(preds, y)}
   return {"metrics": result, "steps": steps, "train_s": train_s, "wall_s": time.time() - t0,
           "train_seq_per_s": steps * args.batch / train_s,
           "num_train": len(train), "num_eval": len(dev), "losses": args.peer_losses,
@@ -306,7 +306,7 @@ def peer_squad(args, log) -> dict:
   import numpy as np
   import torch
   from transformers import BertForQuestionAnswering, BertTokenizerFast
-  from bertjax import metrics
+  from bertjax import scoring
   from bertjax.tasks import squad
   path = os.path.join(args.data, "dev-v1.1.json")
   examples = squad.read_squad(path)
@@ -350,7 +350,7 @@ def peer_squad(args, log) -> dict:
         if score > best[e.qid][0]:
           best[e.qid] = (score, e.context[off[s][0]:off[t][1]])
   preds = {e.qid: best[e.qid][1] for e in dev}
-  result = metrics.squad_v1({e.qid: e.answers for e in dev}, preds)
+  result = scoring.squad_v1({e.qid: e.answers for e in dev}, preds)
   return {"metrics": result, "steps": steps, "train_s": train_s, "wall_s": time.time() - t0,
           "train_seq_per_s": steps * args.batch / train_s,
           "num_train": len(train), "num_eval": len(dev), "num_train_features": len(starts),

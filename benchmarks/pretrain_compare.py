@@ -127,7 +127,7 @@ def init_dir(args, seed: int) -> str:
   """bertjax's initial parameters for `seed`, as a Hugging Face directory (written once)."""
   import jax
   import optax
-  from bertjax import interop
+  from bertjax.weights import interop
   from bertjax.data.replay import load_batches
   from bertjax.train.pretrain import pretrain_task
   from bertjax.train.state import batch_spec, init_state
@@ -148,7 +148,8 @@ def init_dir(args, seed: int) -> str:
 def ours_run(args, part: str, seed: int) -> dict:
   import jax
   import numpy as np
-  from bertjax import checkpoint, interop
+  from bertjax import checkpoint
+  from bertjax.weights import interop
   from bertjax.data.replay import ReplayIterator, load_batches
   from bertjax.train import metrics as mlib
   from bertjax.train.loop import train

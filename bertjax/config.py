@@ -2,7 +2,10 @@
 
 A config file is Python with `get_config()` returning a ConfigDict built on `base_config()`.
 Overrides look like `--config.optim.lr=1e-4`; a misspelled key or a value of the wrong type
-is a `UserError` naming the key, never a silent default.
+is a `UserError` naming the key, never a silent default. `RESUME_KEYS` names the fields a
+resumed run must keep (the trainer hands their values to the Checkpointer).
+
+Over 400 lines because `base_config()` declares every field once, each with its comment.
 """
 from __future__ import annotations
 
@@ -195,6 +198,36 @@ def base_config() -> ml_collections.ConfigDict:
   f.write_predictions = True            # write dev predictions (and test: predict_test) at the end
   f.predict_test = True                 # also read and predict the test split when its file exists
   return c
+
+
+# Config fields a resumed run must share with its checkpoint: they fix the parameter shapes,
+# the optimizer-state structure or the meaning of the saved data position. Everything else
+# (num_steps, learning-rate schedule, logging, dtype, remat, device count ...) may change.
+RESUME_KEYS = (
+    "model.vocab_size", "model.hidden_size", "model.num_hidden_layers",
+    "model.num_attention_heads", "model.intermediate_size", "model.max_position_embeddings",
+    "model.type_vocab_size", "model.hidden_act", "model.fused_qkv",
+    "data.corpus_format", "data.do_lower_case", "data.heldout_fraction", "data.max_seq_length",
+    "data.max_predictions_per_seq", "data.masked_lm_prob", "data.short_seq_prob",
+    "data.whole_word_masking", "data.seed",
+    "train.global_batch_size", "train.seed", "train.phase2_start",
+    "train.phase2_max_seq_length", "train.phase2_max_predictions_per_seq",
+    "train.phase2_global_batch_size",
+    "optim.name",
+)
+
+
+def resume_values(cfg) -> dict:
+  """{field: value} of `RESUME_KEYS` in `cfg` (a ConfigDict or dict; "<absent>" for a field it
+  lacks): what the trainer hands the Checkpointer to compare with a checkpoint's config."""
+  d = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+  out = {}
+  for key in RESUME_KEYS:
+    v = d
+    for part in key.split("."):
+      v = v[part] if isinstance(v, dict) and part in v else "<absent>"
+    out[key] = v
+  return out
 
 
 @functools.lru_cache(maxsize=None)

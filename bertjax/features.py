@@ -147,7 +147,8 @@ class Extractor:
                max_seq_length: int = 128, batch_size: int = 32, mesh=None):
     import jax
 
-    from bertjax import bundle, sharding as shd
+    from bertjax import sharding as shd
+    from bertjax.weights import bundle, warm_start
     from bertjax.config import base_config
     from bertjax.data.tokenizer import load_tokenizer
     from bertjax.model import BertEncoder
@@ -175,10 +176,7 @@ class Extractor:
     self.mesh = mesh if mesh is not None else shd.make_mesh(base_config().mesh)
     n_dev = shd.mesh_size(self.mesh)
     self.batch_size = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
-    encoder = params["bert"] if "bert" in params else params
-    self.params = jax.device_put(
-        jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), encoder),
-        shd.replicated(self.mesh))
+    self.params = jax.device_put(warm_start.encoder_of(params), shd.replicated(self.mesh))
     self.forward = make_forward(BertEncoder(model_cfg), self.mesh, tuple(self.layers), pool)
 
   def featurize(self, examples: list) -> dict:

@@ -55,14 +55,3 @@ def pretraining_denominators(batch) -> dict:
   """Totals the pretraining loss divides by, computed over a whole (global) batch."""
   return {"mlm": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)),
           "nsp": jnp.sum(batch["input_mask"][:, 0].astype(jnp.float32))}
-
-
-def combine(metrics: dict) -> dict:
-  """{x, x_weight} sums -> {x: sum / weight}; entries without a weight pass through."""
-  out = {}
-  for k, v in metrics.items():
-    if k.endswith("_weight"):
-      continue
-    w = metrics.get(k + "_weight")
-    out[k] = v / jnp.maximum(w, 1e-9) if w is not None else v
-  return out

@@ -9,7 +9,7 @@ Parameters are kept in float32; `config.dtype` sets the compute dtype. Every mat
 in float32 (`preferred_element_type`), which is also what makes bf16 fast on AMX / tensor cores.
 Softmax and LayerNorm run in float32.
 
-Parameter tree (the names `bertjax.interop` maps to and from Hugging Face's BertModel):
+Parameter tree (the names `bertjax.weights.interop` maps to and from Hugging Face's BertModel):
   embeddings/{word_embeddings, position_embeddings, token_type_embeddings} ([V|max_pos|T, H]),
   embeddings/LayerNorm/{scale, bias}
   layer_{i}/attention/{query, key, value}/{kernel, bias}

@@ -258,12 +258,13 @@ def _save_delay(where: str, seconds: float, marker: str) -> None:
       return orig_save(self, directory, args)
     ck.DataStateHandler.save = save
   else:
-    orig_manifest = ck.write_manifest
+    from bertjax.checkpoint import checkpointer  # calls write_manifest from its commit hook
+    orig_manifest = checkpointer.write_manifest
 
     def write_manifest(step_dir):
       note(step_dir)
       return orig_manifest(step_dir)
-    ck.write_manifest = write_manifest
+    checkpointer.write_manifest = write_manifest
 
 
 def _heldout_error() -> None:

@@ -1,4 +1,4 @@
-"""Checkpointer unit tests: a toy train state and a real grain iterator (bertjax/checkpoint.py)."""
+"""Checkpointer unit tests: a toy train state and a real grain iterator (bertjax/checkpoint/)."""
 import json
 import logging
 import os
@@ -17,8 +17,10 @@ import optax
 import pytest
 
 from bertjax import checkpoint as ck
-from bertjax.config import base_config
+from bertjax.config import base_config, resume_values
+from bertjax.data.tokenizer import checkpoint_tokenizer
 from bertjax.errors import UserError
+from bertjax.train.preemption import PreemptionGuard
 
 P = jax.sharding.PartitionSpec
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,13 +217,21 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path, caplog, damage):
   c.close()
 
 
+def _run_checkpointer(workdir, cfg):
+  """A Checkpointer with what the trainer hands it: the config, its resume values, the tokenizer."""
+  identity, files = checkpoint_tokenizer(cfg.data.tokenizer)
+  return ck.Checkpointer(workdir, every_steps=1, keep=2, config=cfg,
+                         resume_values=resume_values(cfg), tokenizer_identity=identity,
+                         tokenizer_files=files)
+
+
 def test_config_and_tokenizer_mismatch_named(tmp_path):
   vocab = tmp_path / "vocab.txt"
   vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n")
   cfg = base_config()
   cfg.data.tokenizer = str(vocab)
   state = make_state()
-  with ck.Checkpointer(tmp_path / "wd", every_steps=1, keep=2, config=cfg) as c:
+  with _run_checkpointer(tmp_path / "wd", cfg) as c:
     c.save(1, state, None)
   # the tokenizer was copied into the workdir, by hash
   copied = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "wd" / ck.TOKENIZER_DIR)
@@ -230,12 +240,12 @@ def test_config_and_tokenizer_mismatch_named(tmp_path):
   # same config: fine; num_steps / lr may change
   cfg.train.num_steps = 5000
   cfg.optim.learning_rate = 3e-4
-  with ck.Checkpointer(tmp_path / "wd", every_steps=1, keep=2, config=cfg) as c:
+  with _run_checkpointer(tmp_path / "wd", cfg) as c:
     c.restore(abstract_of(state, single()))
   cfg.model.hidden_size = 512
   cfg.data.max_seq_length = 64
   vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nworld\n")
-  with ck.Checkpointer(tmp_path / "wd", every_steps=1, keep=2, config=cfg) as c:
+  with _run_checkpointer(tmp_path / "wd", cfg) as c:
     with pytest.raises(UserError) as e:
       c.restore(abstract_of(state, single()))
   msg = str(e.value)
@@ -348,14 +358,14 @@ def test_preemption_guard_sigterm_and_sigint():
   # What the guard must put back: Python's default_int_handler, or SIG_IGN when this process
   # started with SIGINT ignored (a background job, `nohup`).
   before_int = signal.getsignal(signal.SIGINT)
-  with ck.PreemptionGuard() as guard:
+  with PreemptionGuard() as guard:
     assert not guard.should_stop(1)
     os.kill(os.getpid(), signal.SIGTERM)  # the process survives: the handler only sets a flag
     assert _handled(guard)
     assert guard.should_stop(2) and guard.signal_name == "SIGTERM"
     assert guard.should_stop(3)  # stays stopped
   assert signal.getsignal(signal.SIGTERM) is before
-  with ck.PreemptionGuard() as guard:
+  with PreemptionGuard() as guard:
     os.kill(os.getpid(), signal.SIGINT)
     assert _handled(guard)
     assert guard.should_stop(1) and guard.signal_name == "SIGINT"

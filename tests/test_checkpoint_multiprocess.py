@@ -22,6 +22,7 @@ WORKER = textwrap.dedent("""
                              process_id=pid)
   import grain, numpy as np
   from bertjax import checkpoint as ck
+  from bertjax.train.preemption import PreemptionGuard
   P = jax.sharding.PartitionSpec
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   sh = jax.sharding.NamedSharding(mesh, P("data"))
@@ -33,7 +34,7 @@ WORKER = textwrap.dedent("""
 
   it = make_iter()
   c = ck.Checkpointer(wd, every_steps=0, keep=2)
-  with ck.PreemptionGuard() as guard:
+  with PreemptionGuard() as guard:
     for step in range(1, 100):
       next(it)
       if pid == 1 and step == 5:

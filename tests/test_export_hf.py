@@ -39,7 +39,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from bertjax import bundle, export, interop, metrics
+from bertjax import scoring
+from bertjax.weights import bundle, export, interop
 from bertjax.errors import UserError
 from bertjax.heads import FineTuneModel
 from bertjax.cli.import_hf import import_hf
@@ -373,11 +374,11 @@ def _chunks(tags):
   out, start = [], None
   prev, prev_t = "O", ""
   for i, raw in enumerate(list(tags) + ["O"]):
-    p, t = metrics._split_tag(raw)
-    if start is not None and metrics._end_of_chunk(prev, p, prev_t, t):
+    p, t = scoring._split_tag(raw)
+    if start is not None and scoring._end_of_chunk(prev, p, prev_t, t):
       out.append((start, i - 1, prev_t))
       start = None
-    if metrics._start_of_chunk(prev, p, prev_t, t):
+    if scoring._start_of_chunk(prev, p, prev_t, t):
       start = i
     prev, prev_t = p, t
   return out

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from bertjax import bundle, interop
+from bertjax.weights import bundle, interop
 from bertjax.config import model_config
 from bertjax.errors import UserError
 from bertjax.cli.import_hf import export_hf_from_bundle, import_hf_main
@@ -122,7 +122,7 @@ def hf_reference(transformers, minilm_dir, batch):
 
 
 def flat(tree):
-  return interop._flatten(dict(tree))
+  return interop.flatten(dict(tree))
 
 
 def assert_same_params(a, b):

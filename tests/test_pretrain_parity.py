@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from bertjax import interop
+from bertjax.weights import interop
 from bertjax.config import base_config, model_config
 from bertjax.data.replay import ReplayIterator, load_batches, save_batches
 from bertjax.optim import make_optimizer

@@ -156,7 +156,7 @@ def test_finetune_workdir_copies_the_init_tokenizer(base, tmp_path):
   import numpy as np
   from test_reliability_faults import _wordpiece_vocab
 
-  from bertjax import bundle
+  from bertjax.weights import bundle
   from bertjax.config import model_config
   from bertjax.model import BertForPreTraining
   vocab = _wordpiece_vocab(tmp_path / "vocab.txt")

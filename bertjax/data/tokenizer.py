@@ -34,6 +34,46 @@ def file_sha256(path: str) -> str:
   return h.hexdigest()
 
 
+def tokenizer_files(path: str) -> list[str]:
+  """The files that make up a tokenizer: a SentencePiece .model (+ its .vocab) or a vocab.txt."""
+  files = [path]
+  root, ext = os.path.splitext(path)
+  if ext == ".model" and os.path.isfile(root + ".vocab"):
+    files.append(root + ".vocab")
+  return files
+
+
+def tokenizer_kind(tokenizer_files) -> str:
+  """'wordpiece' (vocab.txt), 'sentencepiece' (*.model) or 'none'."""
+  names = [os.path.basename(p) for p in tokenizer_files]
+  if any(n.endswith(".model") for n in names):
+    return "sentencepiece"
+  if "vocab.txt" in names:
+    return "wordpiece"
+  return "none"
+
+
+def tokenizer_identity(path: str, tokenizer: "Tokenizer | None" = None) -> dict:
+  """What identifies a tokenizer across machines (a prepared corpus and every checkpoint record
+  it): its file name and the SHA-256 of its bytes; given the loaded `tokenizer`, also its kind,
+  vocabulary size and case folding."""
+  out = {"file": os.path.basename(path), "sha256": file_sha256(path)}
+  if tokenizer is not None:
+    out.update(kind=tokenizer.kind, vocab_size=int(tokenizer.vocab_size),
+               do_lower_case=bool(tokenizer.do_lower_case))
+  return out
+
+
+def checkpoint_tokenizer(path, identity: "dict | None" = None) -> "tuple[dict | None, list[str]]":
+  """The tokenizer a run's checkpoints record, from the path in use (`data.tokenizer`, which
+  fine-tuning sets to --init's): (identity, files to copy into the workdir). `identity` is the
+  task's own (`Tokenizer.identity()`), else the file identity of `path`; a path that is not a
+  file (synthetic data) gives the task's identity and no files."""
+  if not (isinstance(path, str) and os.path.isfile(path)):
+    return identity, []
+  return (identity if identity is not None else tokenizer_identity(path)), tokenizer_files(path)
+
+
 class Tokenizer:
   """Common interface; see SentencePieceTokenizer and WordPieceTokenizer."""
   kind: str
@@ -62,9 +102,7 @@ class Tokenizer:
 
   def identity(self) -> dict:
     """What a prepared corpus / checkpoint records to detect a tokenizer change."""
-    return {"kind": self.kind, "vocab_size": int(self.vocab_size),
-            "sha256": file_sha256(self.path), "do_lower_case": bool(self.do_lower_case),
-            "file": os.path.basename(self.path)}
+    return tokenizer_identity(self.path, self)
 
   def files(self) -> list[str]:
     """Files to copy into an export so the tokenizer travels with the weights."""

@@ -16,7 +16,7 @@ import dataclasses
 import os
 from typing import Sequence
 
-from bertjax import metrics
+from bertjax import scoring
 from bertjax.errors import UserError
 from bertjax.tasks import registry
 
@@ -106,13 +106,13 @@ def _read(default_column: str):
 
 
 def ner_metrics(pred: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> dict:
-  r = metrics.conlleval(gold, pred)
+  r = scoring.conlleval(gold, pred)
   return {"f1": r["f1"], "precision": r["precision"], "recall": r["recall"],
-          "accuracy": metrics.token_accuracy(gold, pred)}
+          "accuracy": scoring.token_accuracy(gold, pred)}
 
 
 def pos_metrics(pred, gold) -> dict:
-  return {"accuracy": metrics.token_accuracy(gold, pred)}
+  return {"accuracy": scoring.token_accuracy(gold, pred)}
 
 
 registry.register(registry.TaskSpec(

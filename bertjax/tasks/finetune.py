@@ -35,6 +35,7 @@ from bertjax.heads import POOLINGS, FineTuneModel
 from bertjax.tasks import batching, families, featurize, registry
 from bertjax.tasks.families import INPUTS
 from bertjax.train.task import TrainTask
+from bertjax.weights import warm_start
 
 # Model inputs of packed rows only (bertjax.tasks.batching).
 PACKED_INPUTS = ("position_ids", "cls_positions")
@@ -48,11 +49,10 @@ def load_init(cfg) -> tuple[Optional[dict], str, bool]:
   f = cfg.finetune
   if not f.init:
     return None, cfg.data.tokenizer, cfg.data.do_lower_case
-  from bertjax import bundle
+  from bertjax.weights import bundle
   params, model_cfg, tok_path, lower = bundle.load_encoder(f.init)
   config_steps.adopt_checkpoint_model(cfg, model_cfg)
-  encoder = params["bert"] if "bert" in params else params
-  return encoder, tok_path, lower
+  return warm_start.encoder_of(params), tok_path, lower
 
 
 # --------------------------------------------------------------- losses (pure, jittable)
@@ -262,18 +262,15 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
 
   load = None
   if encoder_params is not None:
-    from bertjax import bundle
+    from bertjax.weights import bundle
     # A fine-tuned --init (bertjax export, or a transformers BertFor... via import-hf) whose
     # head is this task's, same labels in the same order: start from that head too.
     init_head = bundle.load_head(f.init, spec.family, labels, pooling=f.pooling)
 
+    loaded = {"bert": encoder_params, **(init_head or {})}
+
     def load(fresh):
-      _check_tree(fresh["bert"], encoder_params, f.init)
-      out = dict(fresh)
-      out["bert"] = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), encoder_params)
-      if init_head is not None:
-        out.update(init_head)
-      return out
+      return warm_start.merge(fresh, loaded, f.init, exact_encoder=True)
 
   job = FinetuneJob(spec=spec, family=family, cfg=cfg, tokenizer=tok, model=model,
                     labels=labels,
@@ -310,16 +307,6 @@ def freeze_predicate(freeze: str, layers: int = 0):
   raise UserError(f"finetune.freeze={freeze!r}: use none, encoder or embeddings")
 
 
-def _check_tree(fresh, loaded, where: str) -> None:
-  """The checkpoint's encoder must have exactly the fresh encoder's paths and shapes."""
-  a = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(fresh)}
-  b = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
-  if a != b:
-    diff = sorted(set(a.items()) ^ set(b.items()))[:3]
-    raise UserError(f"{where}: encoder parameters do not match the model built from its config "
-                    f"(first differences: {diff})")
-
-
 def run(cfg, workdir: str, *, progress: bool = True, command: Optional[list] = None) -> dict:
   """build -> the one trainer -> final dev metrics and prediction files. Returns the summary.
   command: the command line, for the model card of a later `bertjax export`."""
@@ -327,7 +314,7 @@ def run(cfg, workdir: str, *, progress: bool = True, command: Optional[list] = N
   job = build(cfg)
   summary = loop.train(job.task, cfg, workdir, mesh=job.mesh, progress=progress)
   if jax.process_index() == 0:  # the head, labels and tokenizer `bertjax export` needs
-    from bertjax import export
+    from bertjax.weights import export
     export.write_task_record(workdir, job, command)
   params = summary.pop("state").params
   if cfg.finetune.write_predictions:

@@ -18,7 +18,7 @@ import sys
 import warnings
 from typing import Any, Iterator, Optional, Sequence
 
-from bertjax import metrics
+from bertjax import scoring
 from bertjax.errors import UserError
 from bertjax.tasks import registry
 
@@ -145,22 +145,22 @@ def _chain(first, rest):
 # --------------------------------------------------------------- GLUE tasks
 
 def _cls_metrics(preds, refs) -> dict:
-  return {"accuracy": 100.0 * metrics.accuracy(preds, refs)}
+  return {"accuracy": 100.0 * scoring.accuracy(preds, refs)}
 
 
 def _cls_f1_metrics(preds, refs) -> dict:
-  return {"accuracy": 100.0 * metrics.accuracy(preds, refs),
-          "f1": 100.0 * metrics.f1_binary(preds, refs)}
+  return {"accuracy": 100.0 * scoring.accuracy(preds, refs),
+          "f1": 100.0 * scoring.f1_binary(preds, refs)}
 
 
 def _mcc_metrics(preds, refs) -> dict:
-  return {"mcc": 100.0 * metrics.matthews_corrcoef(preds, refs),
-          "accuracy": 100.0 * metrics.accuracy(preds, refs)}
+  return {"mcc": 100.0 * scoring.matthews_corrcoef(preds, refs),
+          "accuracy": 100.0 * scoring.accuracy(preds, refs)}
 
 
 def _reg_metrics(preds, refs) -> dict:
-  return {"pearson": 100.0 * metrics.pearson(preds, refs),
-          "spearman": 100.0 * metrics.spearman(preds, refs)}
+  return {"pearson": 100.0 * scoring.pearson(preds, refs),
+          "spearman": 100.0 * scoring.spearman(preds, refs)}
 
 
 _FILES = {"train": ("train.tsv",), "dev": ("dev.tsv",), "test": ("test.tsv",),
@@ -249,10 +249,10 @@ def _generic(ext: str):
 
 
 def _generic_metrics(preds, refs) -> dict:
-  out = {"accuracy": 100.0 * metrics.accuracy(preds, refs)}
+  out = {"accuracy": 100.0 * scoring.accuracy(preds, refs)}
   if len(set(refs) | set(preds)) <= 2:
-    out["f1"] = 100.0 * metrics.f1_binary(preds, refs)
-  out["mcc"] = 100.0 * metrics.matthews_corrcoef(preds, refs)
+    out["f1"] = 100.0 * scoring.f1_binary(preds, refs)
+  out["mcc"] = 100.0 * scoring.matthews_corrcoef(preds, refs)
   return out
 
 

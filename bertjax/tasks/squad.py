@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bertjax import metrics
+from bertjax import scoring
 from bertjax.errors import UserError
 from bertjax.tasks import featurize, registry
 
@@ -96,7 +96,7 @@ def squad_metrics(predictions: dict, examples_or_answers) -> dict:
     answers = examples_or_answers
   else:
     answers = {e.qid: e.answers for e in examples_or_answers}
-  return metrics.squad_v1(answers, predictions)
+  return scoring.squad_v1(answers, predictions)
 
 
 registry.register(registry.TaskSpec(

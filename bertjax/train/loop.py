@@ -22,12 +22,14 @@ import time
 import jax
 
 from bertjax import sharding as shd
-from bertjax.checkpoint import Checkpointer, PreemptionGuard
-from bertjax.config import validate
+from bertjax.checkpoint import Checkpointer
+from bertjax.config import resume_values, validate
+from bertjax.data.tokenizer import checkpoint_tokenizer
 from bertjax.errors import UserError
 from bertjax.train import metrics as mlib
 from bertjax.train import setup
 from bertjax.train.step import combine_host, make_eval_step
+from bertjax.train.preemption import PreemptionGuard
 from bertjax.train.task import TrainTask
 
 log = logging.getLogger(__name__)
@@ -240,10 +242,12 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
   pieces = setup.build(task, cfg, mesh, first)
 
   # 3. resume order
+  tok_identity, tok_files = checkpoint_tokenizer(cfg.data.tokenizer, task.tokenizer_identity)
   ckpt = Checkpointer(workdir, every_steps=cfg.checkpoint.every_steps, keep=cfg.checkpoint.keep,
                       async_save=cfg.checkpoint.async_save,
                       best_metric=cfg.checkpoint.best_metric, config=cfg,
-                      tokenizer_identity=task.tokenizer_identity)
+                      resume_values=resume_values(cfg), tokenizer_identity=tok_identity,
+                      tokenizer_files=tok_files)
   # A refused resume or --init (UserError) closes Orbax's manager before the error propagates:
   # left open, its background thread could die noisily in interpreter shutdown (a traceback
   # under the one-line error, seen intermittently).

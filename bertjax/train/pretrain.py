@@ -37,6 +37,7 @@ from bertjax.losses import (pretraining_denominators, pretraining_sums, weighted
 from bertjax.model import BertForPreTraining
 from bertjax.train import metrics as mlib
 from bertjax.train.task import TrainTask
+from bertjax.weights.warm_start import warm_start
 
 DEFAULT_VOCAB = 30522
 FIELDS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
@@ -199,39 +200,6 @@ def set_vocab_from_tokenizer(cfg, vocab_size: int) -> None:
                     f"takes it from the tokenizer) or set it >= {vocab_size}")
 
 
-def _warm_start(path: str):
-  """--init-from PATH -> load_pretrained(fresh params) -> params (a workdir, checkpoint, bundle
-  or Hugging Face directory). Leaves absent from PATH keep their fresh values."""
-  from bertjax import bundle, checkpoint
-  if os.path.isdir(os.path.join(path, checkpoint.CHECKPOINT_DIR)) or os.path.isdir(
-      os.path.join(path, "state")):
-    loaded, _, _ = checkpoint.restore_params(path)
-  else:
-    loaded, _, _ = bundle.load_pretrained(path)
-  loaded = jax.tree_util.tree_map(np.asarray, loaded)
-
-  def load(fresh):
-    flat_loaded = {jax.tree_util.keystr(p): v for p, v in
-                   jax.tree_util.tree_flatten_with_path(loaded)[0]}
-    bad = []
-
-    def pick(p, x):
-      v = flat_loaded.get(jax.tree_util.keystr(p))
-      if v is None:
-        return x
-      if v.shape != x.shape:
-        bad.append(f"{jax.tree_util.keystr(p)} {v.shape} vs {x.shape}")
-        return x
-      return v.astype(x.dtype)
-    out = jax.tree_util.tree_map_with_path(pick, fresh)
-    if bad:
-      raise UserError(f"--init-from {path}: shapes differ from the configured model ({bad[0]}"
-                      f"{' and more' if len(bad) > 1 else ''}); use the model config it was "
-                      f"trained with")
-    return out
-  return load
-
-
 def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
                   init_from: str = "") -> TrainTask:
   """The pretraining TrainTask. Real data: checks paths, sets model.vocab_size from the
@@ -315,7 +283,7 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
       loss_denominators=pretraining_denominators if uses_nsp(cfg) else mlm_denominators,
       eval_batches=eval_batches, eval_metrics_fn=eval_metrics_fn,
       make_phase2_iter=phase2 if t.phase2_start else None, flops_per_step=flops,
-      load_pretrained=_warm_start(init_from) if init_from else None,
+      load_pretrained=warm_start(init_from) if init_from else None,
       tokenizer_identity=tok_identity)
 
 
@@ -429,8 +397,8 @@ def resolve_budget(cfg, workdir: str, measure=measure_step_seconds) -> Optional[
 def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool = False,
                     export: bool = True, progress: bool = True) -> dict:
   """`bertjax pretrain`: prepare, train (resuming), export, summarise. Returns the summary."""
-  from bertjax import checkpoint
   from bertjax.train.loop import train
+  from bertjax.weights import export as export_lib
   if not synthetic:  # paths checked and vocab_size known before a budget compiles a step
     from bertjax.data.tokenizer import load_tokenizer
     _check_paths(cfg)
@@ -448,7 +416,7 @@ def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool =
       export_dir = os.path.join(os.path.abspath(workdir), "export")
       if os.path.isdir(export_dir):  # ours, from an earlier run of this workdir: refresh it
         shutil.rmtree(export_dir)
-      checkpoint.export_bundle(workdir, export_dir, step=summary["steps"])
+      export_lib.export(workdir, export_dir, step=summary["steps"])
     elif jax.process_index() == 0:  # Orbax's reads synchronise hosts: export from one process
       print(f"[pretrain] export with: bertjax export {workdir} OUT_DIR", flush=True)
   summary["export"] = export_dir

@@ -9,7 +9,7 @@ SRC is any of
   a bertjax bundle (export, import-hf)            -> the class it holds
   a Hugging Face BERT directory                   -> the class it is
 and OUT is a bundle (--format bertjax) or a Hugging Face directory (--format hf: config.json,
-model.safetensors, tokenizer files; bertjax/interop.py). Both carry a model card: README.md in
+model.safetensors, tokenizer files; bertjax/weights/interop/). Both carry a model card: README.md in
 the HF directory, the "card" entry of bundle.json (which a later HF export turns into README.md).
 
 A fine-tuned model's head (family, task, label names in id order, pooling) is what
@@ -32,8 +32,9 @@ from typing import Any, Optional
 import numpy as np
 
 import bertjax
-from bertjax import bundle, interop
-from bertjax.data.tokenizer import file_sha256
+from bertjax.weights import interop
+from bertjax.weights import bundle
+from bertjax.data.tokenizer import file_sha256, tokenizer_files
 from bertjax.errors import UserError
 
 TASK_RECORD = "task.json"
@@ -132,7 +133,6 @@ def _rebuilt_head(cfg: dict, where: str) -> dict:
 def _workdir_tokenizer(root: str, meta: dict, cfg: dict, record: dict, where: str) -> list[str]:
   """The tokenizer files of a run: the first candidate whose SHA-256 is the one the checkpoint
   recorded (the fine-tuning record, the workdir's copy, --init's, data.tokenizer)."""
-  from bertjax import checkpoint  # noqa: PLC0415
   tok = meta.get("tokenizer") or {}
   want = tok.get("sha256")
   candidates = []
@@ -146,12 +146,12 @@ def _workdir_tokenizer(root: str, meta: dict, cfg: dict, record: dict, where: st
       with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, _, path, _ = bundle.load_encoder(init)
-      candidates.append(checkpoint.tokenizer_files(path))
+      candidates.append(tokenizer_files(path))
     except UserError:
       pass
   original = (cfg.get("data") or {}).get("tokenizer")
   if isinstance(original, str) and os.path.isfile(original):
-    candidates.append(checkpoint.tokenizer_files(original))
+    candidates.append(tokenizer_files(original))
   for files in candidates:
     if files and all(os.path.isfile(p) for p in files) and (
         want is None or file_sha256(files[0]) == want):

@@ -12,7 +12,7 @@
                           "card": what the model card says (task, metrics, command, config)}
     tokenizer/           spm.model (SentencePiece) or vocab.txt (WordPiece), copied
 
-A fine-tuned bundle's "head" is {"family", "task", "labels", "pooling"} (bertjax/interop.py);
+A fine-tuned bundle's "head" is {"family", "task", "labels", "pooling"} (bertjax/weights/interop/);
 `bertjax export --format hf` turns the bundle into the matching transformers class.
 
 Written atomically (a temp dir renamed into place), so a failed export leaves nothing behind.
@@ -31,7 +31,9 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from bertjax import interop
+from bertjax.data.tokenizer import tokenizer_kind
+from bertjax.weights import interop
+from bertjax.weights.atomic import atomic_dir
 from bertjax.config import model_config
 from bertjax.errors import UserError
 
@@ -54,7 +56,7 @@ def save_bundle(out_dir: str, params, model_cfg, tokenizer_files: Iterable[str],
   for path in tokenizer_files:
     if not os.path.isfile(path):
       raise UserError(f"{path}: tokenizer file not found")
-  kind = interop.tokenizer_kind(tokenizer_files)
+  kind = tokenizer_kind(tokenizer_files)
   main = [p for p in tokenizer_files
           if os.path.basename(p) == "vocab.txt" or p.endswith(".model")]
   info = {"format": FORMAT, "version": VERSION, "tokenizer": kind,
@@ -67,8 +69,8 @@ def save_bundle(out_dir: str, params, model_cfg, tokenizer_files: Iterable[str],
                        pooler_optional=arch in interop.NO_POOLER)
   info["architecture"] = arch
   flat = {"/".join(p): np.ascontiguousarray(np.asarray(v, np.float32))
-          for p, v in interop._flatten(dict(params)).items()}
-  with interop.atomic_dir(out_dir, overwrite) as tmp:
+          for p, v in interop.flatten(dict(params)).items()}
+  with atomic_dir(out_dir, overwrite) as tmp:
     save_file(flat, os.path.join(tmp, PARAMS), metadata={"format": FORMAT})
     with open(os.path.join(tmp, MODEL_CONFIG), "w") as f:
       f.write(model_cfg.to_json(indent=2, sort_keys=True))
@@ -123,7 +125,7 @@ def load_bundle(bundle_dir: str):
         flat[tuple(name.split("/"))] = f.get_tensor(name)
   except Exception as e:
     raise UserError(f"{params_path}: cannot read as safetensors: {e}") from None
-  params = interop._unflatten(flat)
+  params = interop.unflatten(flat)
   head = meta.get("head")
   arch = interop.architecture(params, head)
   interop.check_params(params, model_cfg, arch, head, params_path,
