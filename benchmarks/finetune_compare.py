@@ -62,7 +62,7 @@ TAGGING = ("pos", "conll2003")
 # them beside bertjax's featurizers without torch.
 
 def tagging_labels(sentences) -> list[str]:
-  """bertjax's tag order (bertjax.tasks.finetune._labels): "O" first, then sorted."""
+  """bertjax's tag order (bertjax.tasks.families.Tagging.labels): "O" first, then sorted."""
   tags = sorted({t for s in sentences for t in s.tags})
   return (["O"] + [t for t in tags if t != "O"]) if "O" in tags else tags
 

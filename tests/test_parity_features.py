@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import finetune_compare as fc
-from bertjax.tasks import conll, finetune, squad
+from bertjax.tasks import conll, families, squad
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,10 @@ def test_tagging_features_match_run_ner(shared_data, toks):
   ours_tok, hf_tok = toks
   sents = _sentences(shared_data)
   labels = fc.tagging_labels(sents)
-  assert labels == finetune._labels(fc_spec("pos"), sents)  # same tag order as bertjax
+  spec = fc_spec("pos")
+  assert labels == families.get(spec.family).labels(spec, sents)  # same tag order as bertjax
   seq = 128
-  ours = finetune._tagging_features(sents, ours_tok, seq, {t: i for i, t in enumerate(labels)})
+  ours = families.tagging_features(sents, ours_tok, seq, {t: i for i, t in enumerate(labels)})
   hf = fc.hf_tagging_features(hf_tok, sents, labels, seq)
   long = [i for i in range(len(sents)) if np.bincount(ours["sentence_index"])[i] > 1]
   assert hf["truncated"] == len(long)
@@ -93,7 +94,7 @@ def test_loss_diff_first_steps_and_run():
 def test_finetune_help_states_the_optimizer_defaults():
   """`bertjax finetune --help` lists each optimizer default beside Trainer's: the values it
   prints must be the ones default_config() sets."""
-  from bertjax.tasks.cli import FINETUNE_HELP
+  from bertjax.cli.finetune import FINETUNE_HELP
   from bertjax.tasks.finetune import default_config
   cfg = default_config()
   for key in ("optim.eps", "optim.clip_norm", "optim.weight_decay",
