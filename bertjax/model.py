@@ -16,6 +16,10 @@ Parameter tree (the names `bertjax.weights.interop` maps to and from Hugging Fac
   layer_{i}/{attention_output, intermediate, output}/{kernel, bias}
   layer_{i}/{attention_norm, output_norm}/{scale, bias}
   pooler/{kernel, bias}
+
+Just over 400 lines, one file on purpose: the embeddings, the attention paths (einsum, fused,
+packed rows) and the pretraining heads are read together against the paper and the parity
+tests with transformers; the fine-tuning heads live in heads.py.
 """
 from __future__ import annotations
 

@@ -15,6 +15,10 @@ Batch fields (numpy): input_ids, input_mask, segment_ids [b, S] int32; masked_lm
 masked_lm_ids [b, P] int32; masked_lm_weights [b, P] float32; nsp adds next_sentence_labels [b]
 int32 (0 = IsNext, 1 = NotNext, as in BERT); mlm adds position_ids [b, S] int32 and its
 input_mask numbers the documents of a row (see packing).
+
+Just over 400 lines: both objectives' per-example transforms and the one resumable iterator
+that drives them share the (seed, epoch, index) keying above, so they stay in one file; pair
+building, masking and packing themselves live in pairs.py, masking.py and packing.py.
 """
 from __future__ import annotations
 

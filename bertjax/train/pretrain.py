@@ -15,6 +15,10 @@ for faster matmuls); a smaller one is an error.
 Budgets (train.budget_tokens / budget_minutes) set train.num_steps before anything is built;
 the resolved value goes to WORKDIR/budget.json and a resumed run reads it back, so its
 learning-rate and masking-rate schedules continue where they were (see `resolve_budget`).
+
+Over 400 lines: what `bertjax pretrain` adds to the one trainer, in run order: the task (data,
+loss, evaluation), the budget (resolved before anything compiles) and the summary; the trainer's
+own pieces live in setup.py and loop.py, held-out scoring of a finished run in score.py.
 """
 from __future__ import annotations
 
