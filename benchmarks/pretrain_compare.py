@@ -148,12 +148,11 @@ def init_dir(args, seed: int) -> str:
 def ours_run(args, part: str, seed: int) -> dict:
   import jax
   import numpy as np
-  from bertjax import checkpoint
-  from bertjax.weights import interop
   from bertjax.data.replay import ReplayIterator, load_batches
   from bertjax.train import metrics as mlib
   from bertjax.train.loop import train
   from bertjax.train.pretrain import pretrain_task
+  from bertjax.weights import export, interop
   from safetensors.numpy import save_file
   workdir = run_dir(args, part, "ours", seed)
   if os.path.exists(workdir):
@@ -173,7 +172,7 @@ def ours_run(args, part: str, seed: int) -> dict:
   params = jax.tree_util.tree_map(np.asarray, jax.device_get(summary["state"].params))
   save_file(interop.hf_tensors(params), os.path.join(workdir, "final.safetensors"))
   if part == "deterministic":  # the bundle `bertjax finetune --init` reads (handover)
-    checkpoint.export_bundle(workdir, os.path.join(workdir, "export"))
+    export.export(workdir, os.path.join(workdir, "export"))
   rows = mlib.read_metrics(workdir)
   steps = [{k: r[k] for k in STEP_KEYS + ("lr",)} for r in rows if "loss" in r]
   ev = next(r for r in reversed(rows) if "eval_mlm_loss" in r)

@@ -110,7 +110,7 @@ def _rebuilt_head(cfg: dict, where: str) -> dict:
   its training file (read as `bertjax.tasks.finetune.build` read it)."""
   import dataclasses as dc  # noqa: PLC0415
   import ml_collections  # noqa: PLC0415
-  from bertjax.tasks import finetune, registry  # noqa: PLC0415
+  from bertjax.tasks import families, registry  # noqa: PLC0415
   f = ml_collections.ConfigDict(cfg["finetune"])
   spec = registry.get(f.task)
   if spec.family == "classification" and spec.labels is None and f.get("regression"):
@@ -125,7 +125,7 @@ def _rebuilt_head(cfg: dict, where: str) -> dict:
       train = spec.read(f.data, "train", f)
       if f.get("max_train_examples"):
         train = train[:f.max_train_examples]
-      labels = finetune._labels(spec, train)
+      labels = families.get(spec.family).labels(spec, train)
   return {"family": spec.family, "task": spec.name, "labels": labels,
           "pooling": f.get("pooling", "pooler")}
 
