@@ -77,12 +77,9 @@ def create_state(init_params, tx, seed: int, example_batch, mesh, load=None) -> 
   param_shardings = treedef.flatten_up_to(shardings.params)
   made = jax.jit(lambda: [jax.tree_util.tree_leaves(fresh_params())[i] for i in todo],
                  out_shardings=[param_shardings[i] for i in todo])()
-  leaves = list(merged_leaves)
-  for i, x in zip(todo, made):
-    leaves[i] = x
-  for i, x in enumerate(leaves):
-    if i not in todo:
-      leaves[i] = place(x, param_shardings[i])
+  made = dict(zip(todo, made))
+  leaves = [made[i] if i in made else place(x, param_shardings[i])
+            for i, x in enumerate(merged_leaves)]
   params = jax.tree_util.tree_unflatten(treedef, leaves)
   rest = jax.jit(lambda p: (jnp.zeros((), jnp.int32), tx.init(p),
                             jax.random.fold_in(jax.random.PRNGKey(seed), 1)),
