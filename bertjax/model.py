@@ -31,11 +31,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bertjax.config import resolve_dtype
+
 Array = jax.Array
+
 
 def dtype_of(config) -> Any:
   # "auto": bf16 where this backend runs it faster than f32 (bertjax.config.fast_bf16).
-  from bertjax.config import resolve_dtype
   return jnp.bfloat16 if resolve_dtype(config.dtype) == "bfloat16" else jnp.float32
 
 
