@@ -316,7 +316,9 @@ class SelfAttention(nn.Module):
     k = k.reshape(b, s, n, d)
     v = v.reshape(b, s, n, d)
 
-    if use_fused_attention(c, deterministic):
+    # Not at init: the params are the same either way, and the cudnn path checks for the cuDNN
+    # library while tracing, which a GPU target compiled on a machine without one lacks.
+    if use_fused_attention(c, deterministic) and not self.is_initializing():
       # jax.nn.dot_product_attention: cuDNN's fused kernel on GPU when it supports the shapes
       # ("auto"), XLA's softmax(QK^T)V elsewhere. It has no dropout, hence only when attention
       # dropout is inactive.

@@ -203,3 +203,17 @@ def test_auto_attention_uses_fused_call_only_without_attention_dropout():
   assert use_fused_attention(small_cfg(attention_impl="auto", attention_probs_dropout_prob=0.0),
                              deterministic=False)
   assert not use_fused_attention(small_cfg(attention_impl="einsum"), deterministic=True)
+
+
+def test_cudnn_attention_model_initialises_without_cudnn():
+  # Init never takes the fused path, so a cudnn config gets its params (and compiles for a GPU
+  # target, bertjax compile) on a machine without the cuDNN library.
+  model = BertForPreTraining(small_cfg(attention_impl="cudnn"))
+  ids = jnp.zeros((2, 8), jnp.int32)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, ids, ids + 1,
+                                             jnp.zeros((2, 2), jnp.int32),
+                                             deterministic=True))["params"]
+  ref = jax.eval_shape(lambda: BertForPreTraining(small_cfg()).init(
+      jax.random.key(0), ids, ids, ids + 1, jnp.zeros((2, 2), jnp.int32),
+      deterministic=True))["params"]
+  assert jax.tree.map(lambda a: a.shape, params) == jax.tree.map(lambda a: a.shape, ref)
