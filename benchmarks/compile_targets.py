@@ -12,6 +12,8 @@ import datetime
 import json
 import os
 import pathlib
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -73,9 +75,21 @@ def run_one(name: str) -> dict:
   crash = proc.returncode < 0 or (proc.returncode not in (0, 2) and not err)
   return {"name": name, "command": " ".join(command(name)), "returncode": proc.returncode,
           "error": err[-1].removeprefix("bertjax compile: error: ") if err else (
-              f"crashed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
-              if crash else ""),
+              crash_message(proc.returncode, proc.stderr) if crash else ""),
           "note": RUNS[name][4], "reports": reports}
+
+
+def crash_message(returncode: int, stderr: str) -> str:
+  """Why a compile died: the signal by name (SIGKILL is most often the kernel's OOM killer:
+  the compiler's host memory, not the target's HBM), else the last line that is not a log line
+  (absl/XLA log lines such as libtpu's or the CUDA stub's say nothing about the failure)."""
+  if returncode < 0:
+    sig = signal.Signals(-returncode).name
+    why = "; on a host short of free memory, the kernel's OOM killer" if sig == "SIGKILL" else ""
+    return f"killed by {sig} during the compile{why}"
+  lines = [ln for ln in stderr.strip().splitlines()
+           if ln.strip() and not re.match(r"[IWEF]\d{4} |WARNING: All log messages", ln)]
+  return f"crashed (exit {returncode}): {lines[-1][:300] if lines else 'no message'}"
 
 
 def _row(run: dict, r: dict) -> str:
