@@ -33,10 +33,12 @@ Parts:
   seeded         dropout 0.1 (BERT's), seeds --seeds per side: the same init and batches for a
                  seed on both sides, each side's own dropout stream; held-out metrics compared
                  with the seed spread.
-  handover       the deterministic run's checkpoint: `bertjax finetune --init WORKDIR/export`
-                 (the bundle) vs transformers fine-tuning `bertjax export WORKDIR DIR --format hf`,
-                 through benchmarks/finetune_compare.py --deterministic (SST-2, --ft-max-train
-                 rows, dev predictions compared row by row).
+  handover       a pretraining checkpoint (--handover-from; default the deterministic run's):
+                 `bertjax finetune --init` on its bertjax bundle vs transformers fine-tuning its
+                 `bertjax export --format hf` directory, through benchmarks/finetune_compare.py
+                 --deterministic (SST-2, --ft-max-train rows, dev predictions compared row by
+                 row, with how often each side predicts each class). --ft-head-seed: both sides
+                 start from one random SST-2 head written into both (else a zero head).
 Results: OUT/compare.json (every step of every run) and a markdown summary on stdout.
 """
 from __future__ import annotations
