@@ -212,8 +212,9 @@ def _peer_dropout(args) -> dict:
 
 
 def _peer_zero_head(args, linear) -> None:
-  """--deterministic: the task head starts at zero, as ours with finetune.head_zeroinit."""
-  if args.deterministic:
+  """--deterministic: the task head starts at zero, as ours with finetune.head_zeroinit; with
+  --init-head it starts from the one --init holds (ours: --ours-init's, the same numbers)."""
+  if args.deterministic and not args.init_head:
     import torch
     with torch.no_grad():
       linear.weight.zero_()
@@ -240,6 +241,10 @@ def peer_classification(args, log) -> dict:
     enc["labels"] = torch.as_tensor([labels.index(e.label) for e in examples])
     return dict(enc)
 
+  if args.init_head and "BertForSequenceClassification" not in json.load(
+      open(os.path.join(args.init, "config.json"))).get("architectures", []):
+    raise SystemExit(f"--init-head: {args.init} holds no sequence-classification head; "
+                     "write one there or leave --init-head out")
   torch.manual_seed(args.seed)
   model = BertForSequenceClassification.from_pretrained(args.init, num_labels=len(labels),
                                                         **_peer_dropout(args))
@@ -409,6 +414,13 @@ def ours_cmd(args, workdir: str) -> list[str]:
 
 
 def ours_main(args) -> dict:
+  if args.init_head:  # else ours would start from zeros and the peer from its head
+    from bertjax.tasks import registry
+    from bertjax.weights import bundle
+    spec = registry.get(args.task)
+    if bundle.load_head(args.ours_init or args.init, spec.family, spec.labels) is None:
+      raise SystemExit(f"--init-head: {args.ours_init or args.init} holds no {args.task} head; "
+                       "write one there or leave --init-head out")
   workdir = os.path.join(args.out, "bertjax")
   if os.path.exists(workdir):
     import shutil
@@ -518,6 +530,10 @@ def main(argv=None) -> int:
   p.add_argument("--deterministic", action="store_true",
                  help="both sides without dropout and with a zero-initialised head: no random "
                       "draw left, so the two runs differ only by arithmetic")
+  p.add_argument("--init-head", action="store_true",
+                 help="--deterministic: both sides start from the task head that --init and "
+                      "--ours-init hold (the same numbers) instead of zeros; a zero head learns "
+                      "slowly from an encoder whose [CLS] barely varies between inputs")
   p.add_argument("--peer-autocast", action="store_true",
                  help="peer: forward passes under torch.autocast('cpu', bfloat16)")
   p.add_argument("--float64", action="store_true",
