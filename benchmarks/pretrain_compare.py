@@ -33,10 +33,12 @@ Parts:
   seeded         dropout 0.1 (BERT's), seeds --seeds per side: the same init and batches for a
                  seed on both sides, each side's own dropout stream; held-out metrics compared
                  with the seed spread.
-  handover       the deterministic run's checkpoint: `bertjax finetune --init WORKDIR/export`
-                 (the bundle) vs transformers fine-tuning `bertjax export WORKDIR DIR --format hf`,
-                 through benchmarks/finetune_compare.py --deterministic (SST-2, --ft-max-train
-                 rows, dev predictions compared row by row).
+  handover       a pretraining checkpoint (--handover-from; default the deterministic run's):
+                 `bertjax finetune --init` on its bertjax bundle vs transformers fine-tuning its
+                 `bertjax export --format hf` directory, through benchmarks/finetune_compare.py
+                 --deterministic (SST-2, --ft-max-train rows, dev predictions compared row by
+                 row, with how often each side predicts each class). --ft-head-seed: both sides
+                 start from one random SST-2 head written into both (else a zero head).
 Results: OUT/compare.json (every step of every run) and a markdown summary on stdout.
 """
 from __future__ import annotations
@@ -404,14 +406,63 @@ def seeded_summary(runs: dict) -> dict:
   return out
 
 
+def class_balance(preds: list, gold: list) -> dict:
+  """How often each class is predicted and is the answer, and the accuracy of always answering
+  the commoner one: a handover whose models predict one class for every row proves little."""
+  classes = sorted(set(map(str, gold)))
+  count = lambda xs: {c: sum(str(x) == c for x in xs) for c in classes}
+  answers = count(gold)
+  return {"predicted": count(preds), "gold": answers,
+          "majority_accuracy": 100 * max(answers.values()) / len(gold)}
+
+
+def with_starting_head(bundle_dir: str, out: str, seed: int) -> tuple[str, str]:
+  """The pretrained encoder of `bundle_dir` with one SST-2 head drawn once (normal, std
+  initializer_range, bias 0: BERT's and transformers' init), written by bertjax as a bundle
+  (OUT/bundle) and as a Hugging Face BertForSequenceClassification (OUT/hf). Both sides start
+  fine-tuning from these same numbers: a zero head (finetune_compare's default when
+  deterministic) barely moves an encoder whose [CLS] hardly varies between inputs yet."""
+  import numpy as np
+  from bertjax.tasks import registry
+  from bertjax.weights import bundle, interop
+  params, model_cfg, tokenizer, meta = bundle.load_bundle(bundle_dir)
+  spec = registry.get("sst2")
+  h, n = model_cfg.hidden_size, len(spec.labels)
+  rng = np.random.RandomState(seed)
+  params = {"bert": params["bert"], "classifier": {"dense": {
+      "kernel": (rng.standard_normal((h, n)) * model_cfg.initializer_range).astype(np.float32),
+      "bias": np.zeros(n, np.float32)}}}                                          # [H, 2], [2]
+  head = {"family": spec.family, "task": spec.name, "labels": list(spec.labels),
+          "pooling": "pooler"}
+  paths = (os.path.join(out, "bundle"), os.path.join(out, "hf"))
+  bundle.save_bundle(paths[0], params, model_cfg, [tokenizer],
+                     meta={"head": head, "source": meta.get("source"), "step": meta.get("step")},
+                     overwrite=True)
+  interop.save_hf(params, model_cfg, paths[1], [tokenizer], overwrite=True, head=head)
+  return paths
+
+
 def handover(args) -> dict:
-  """Fine-tune the deterministic run's checkpoint on both sides (two processes at once)."""
+  """Fine-tune a pretraining checkpoint on both sides (two processes at once): ours from the
+  bertjax bundle, the peer from the Hugging Face export of the same checkpoint."""
+  from benchmarks.finetune_compare import DATA
+  from bertjax.tasks import registry
   src = args.handover_from or run_dir(args, "deterministic", "ours", 0)
-  hf = os.path.join(args.out, "handover", "hf")
+  hf, bundle = (os.path.join(args.out, "handover", name) for name in ("hf", "bundle"))
   bertjax = str(REPO / ".venv" / "bin" / "bertjax")
-  subprocess.run([bertjax, "export", src, hf, "--format", "hf", "--overwrite"], check=True)
+  for out, fmt in ((hf, "hf"), (bundle, "bertjax")):
+    subprocess.run([bertjax, "export", src, out, "--format", fmt, "--overwrite"], check=True)
+  head = []
+  if args.ft_head_seed >= 0:
+    bundle, hf = with_starting_head(bundle, os.path.join(args.out, "handover", "with_head"),
+                                    args.ft_head_seed)
+    head = ["--init-head"]
+    enc = compare_params(os.path.join(hf, "model.safetensors"),  # the encoder is the export's
+                         os.path.join(args.out, "handover", "hf", "model.safetensors"))
+    if enc["max_abs"] != 0.0 or enc["tensors"] < 5:
+      raise RuntimeError(f"handover: the encoder with the head is not the export's: {enc}")
   common = [str(REPO / "benchmarks" / "finetune_compare.py"), "--task", "sst2", "--init", hf,
-            "--ours-init", os.path.join(src, "export"), "--deterministic",
+            "--ours-init", bundle, "--deterministic"] + head + [
             "--max-train", str(args.ft_max_train), "--epochs", str(args.ft_epochs),
             "--lr", str(args.ft_lr), "--seq", str(args.ft_seq), "--batch", str(args.ft_batch),
             "--threads", str(args.threads)] + (["--dynamic-padding"] if args.ft_dynamic_padding
@@ -428,9 +479,12 @@ def handover(args) -> dict:
          for side, out in outs.items()}
   a, b = rec["ours"]["dev_predictions"], rec["peer"]["dev_predictions"]
   same = sum(x == y for x, y in zip(a, b))
+  spec = registry.get("sst2")
+  gold = [e.label for e in spec.read(str(REPO / DATA["sst2"]), spec.eval_splits[0], None)]
   return {"source": src, "command": " ".join(["python"] + common + ["--side", "ours|peer"]),
           "agreement": same / len(a), "rows": len(a), "differing_rows": len(a) - same,
           "ours_metrics": rec["ours"]["metrics"], "peer_metrics": rec["peer"]["metrics"],
+          "ours_balance": class_balance(a, gold), "peer_balance": class_balance(b, gold),
           "steps": [rec["ours"]["steps"], rec["peer"]["steps"]],
           "loss_max_rel": max(_rel(x, y) for x, y in zip(rec["ours"]["losses"],
                                                           rec["peer"]["losses"]))}
@@ -527,7 +581,12 @@ def print_summary(record: dict, tol: float) -> None:
   if h:
     print(f"\n## handover\nidentical dev predictions: {100 * h['agreement']:.2f}% "
           f"({h['differing_rows']} of {h['rows']} rows differ); ours {h['ours_metrics']}, "
-          f"peer {h['peer_metrics']}")
+          f"peer {h['peer_metrics']}; largest relative per-step loss difference "
+          f"{h['loss_max_rel']:.2e}")
+    if "ours_balance" in h:
+      print(f"predicted classes: ours {h['ours_balance']['predicted']}, peer "
+            f"{h['peer_balance']['predicted']}; dev answers {h['ours_balance']['gold']} "
+            f"(majority class {h['ours_balance']['majority_accuracy']:.2f}%)")
 
 
 def main(argv=None) -> int:
@@ -560,6 +619,9 @@ def main(argv=None) -> int:
   p.add_argument("--handover-from", default="",
                  help="handover: a `bertjax pretrain` workdir (default: the deterministic run's)")
   p.add_argument("--ft-seq", type=int, default=64)
+  p.add_argument("--ft-head-seed", type=int, default=-1,
+                 help="handover: both sides start from one random SST-2 head drawn with this "
+                      "seed (-1: from a zero head)")
   args = p.parse_args(argv)
   args.out = os.path.abspath(args.out)
   if args.side == "peer":

@@ -135,3 +135,25 @@ def test_compare_params_and_steps(tmp_path):
   s = pc.compare_steps(ours, peer, 1e-4)
   assert s["loss"]["first_step_above_tol"] == 3 and s["loss"]["at_step"] == 3
   assert s["mlm_loss"]["max_rel"] == 0.0 and s["mlm_loss"]["first_step_above_tol"] is None
+
+
+def test_seeded_summary_against_the_larger_spread():
+  from benchmarks import pretrain_compare as pc
+  ev = lambda mlm: {"eval_mlm_loss": mlm, "eval_mlm_acc": 0.1, "eval_nsp_loss": 0.7,
+                    "eval_nsp_acc": 0.5}
+  runs = {str(s): {"ours": {"eval": ev(o)}, "peer": {"eval": ev(p)}}
+          for s, (o, p) in enumerate([(6.0, 6.2), (6.1, 6.2), (6.2, 6.2)])}
+  s = pc.seeded_summary(runs)["eval_mlm_loss"]
+  assert s["mean"]["ours"] == pytest.approx(6.1) and s["spread"]["peer"] == 0.0
+  assert s["mean_gap"] == pytest.approx(0.1) and s["within_larger_spread"]  # 0.1 <= 0.2
+  runs["2"]["ours"]["eval"] = ev(6.05)                  # ours' spread 0.1, gap 0.15: outside
+  assert not pc.seeded_summary(runs)["eval_mlm_loss"]["within_larger_spread"]
+
+
+def test_class_balance_names_a_one_class_handover():
+  from benchmarks import pretrain_compare as pc
+  gold = ["1", "0", "1", "1"]
+  b = pc.class_balance(["1", "1", "1", "1"], gold)
+  assert b["predicted"] == {"0": 0, "1": 4} and b["gold"] == {"0": 1, "1": 3}
+  assert b["majority_accuracy"] == 75.0
+  assert pc.class_balance([0, 1, 1, 0], [0, 1, 0, 1])["predicted"] == {"0": 2, "1": 2}

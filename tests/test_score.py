@@ -68,3 +68,21 @@ def test_nsp_run_scores_on_the_same_masked_tokens(runs):
 def test_a_workdir_without_checkpoints_is_one_clear_error(tmp_path, runs):
   with pytest.raises(UserError, match="no checkpoints"):
     score.score_heldout(str(tmp_path), runs[1])
+
+
+def test_mask_only_scores_the_same_tokens_all_masked(runs):
+  """80/10/10 leaves a tenth of the scored tokens visible; mask_only scores the very same
+  positions and labels with every one of them [MASK]ed (what the run's summary prints too)."""
+  from bertjax.train.pretrain import pretrain_task
+  (cfg, workdir, summary), prepared = runs[0]["mlm"], runs[1]
+  plain = score.score_heldout(workdir, prepared)
+  at_mask = score.score_heldout(workdir, prepared, mask_only=True)
+  assert at_mask["masked_tokens"] == plain["masked_tokens"]
+  assert at_mask["baseline"] == plain["baseline"] == summary["mlm_baseline"]
+  assert at_mask["mlm_loss"] != plain["mlm_loss"]
+  for k in ("mlm_loss", "mlm_acc", "masked_tokens"):
+    np.testing.assert_allclose(summary["heldout_at_mask"][k], at_mask[k], rtol=1e-6)
+  c = score._scoring_config(cfg, prepared, 0.15, 2, 0, 8, mask_only=True)
+  b = pretrain_task(c, workdir).eval_batches()[0]
+  seen = np.take_along_axis(np.asarray(b["input_ids"]), np.asarray(b["masked_lm_positions"]), 1)
+  assert len(np.unique(seen[np.asarray(b["masked_lm_weights"]) > 0])) == 1     # all [MASK]

@@ -312,10 +312,14 @@ def format_summary(summary: dict, export_dir: Optional[str]) -> str:
             f"MLM acc {ev.get('eval_mlm_acc', float('nan')):.3f}")
     if "mlm_baseline" in summary:
       line += f" (most-frequent-token baseline {summary['mlm_baseline']:.3f})"
+    at_mask = summary.get("heldout_at_mask")
     if "eval_nsp_acc" in ev:
       line += (f"  NSP loss {ev['eval_nsp_loss']:.3f}  NSP acc {ev['eval_nsp_acc']:.3f} "
                f"(chance 0.500)")
     lines.append(line)
+    if at_mask:
+      lines.append(f"  held-out, every scored token [MASK]ed: MLM acc {at_mask['mlm_acc']:.3f} "
+                   f"(baseline {at_mask['baseline']:.3f}): what it predicts from context alone")
   lines.append(f"  checkpoint  {summary['checkpoint']}")
   if export_dir:
     lines.append(f"  exported    {export_dir}  (fine-tune: bertjax finetune --init {export_dir})")
@@ -414,6 +418,13 @@ def run_pretraining(cfg, workdir: str, *, init_from: str = "", synthetic: bool =
   summary["budget"] = budget
   if task.eval_batches is not None and summary["eval"]:
     summary["mlm_baseline"] = mlm_baseline(list(task.eval_batches()))
+    if not synthetic and not summary["stopped"] and jax.process_count() == 1:
+      # The held-out accuracy counts the 10% of scored tokens left visible, which a model
+      # copies long before it uses context: score the same positions all [MASK]ed as well.
+      from bertjax.train.score import score_heldout
+      summary["heldout_at_mask"] = score_heldout(
+          workdir, cfg.data.prepared_dir or os.path.join(workdir, "prepared"),
+          masked_lm_prob=cfg.data.eval_masked_lm_prob, mask_only=True)
   export_dir = None
   if export and not summary["stopped"] and not synthetic:
     if jax.process_count() == 1:

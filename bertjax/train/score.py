@@ -23,7 +23,7 @@ from bertjax.train.step import combine_host
 
 
 def _scoring_config(cfg, prepared_dir: str, masked_lm_prob: float, eval_batches: Optional[int],
-                    seed: Optional[int], batch_size: Optional[int]):
+                    seed: Optional[int], batch_size: Optional[int], mask_only: bool = False):
   """cfg (a run's) -> the config whose eval batches are the MLM objective's held-out rows."""
   from bertjax.data.masking import derived_max_predictions
   c = copy.deepcopy(cfg)
@@ -38,6 +38,8 @@ def _scoring_config(cfg, prepared_dir: str, masked_lm_prob: float, eval_batches:
     c.data.max_predictions_per_seq = derived_max_predictions(masked_lm_prob,
                                                              c.data.max_seq_length)
     c.train.phase2_start = 0
+    if mask_only:  # the same positions and labels (drawn before the 80/10/10 action), all [MASK]
+      c.data.mask_token_prob, c.data.random_token_prob = 1.0, 0.0
     if eval_batches is not None:
       c.train.eval_batches = int(eval_batches)
     if seed is not None:
@@ -49,7 +51,7 @@ def _scoring_config(cfg, prepared_dir: str, masked_lm_prob: float, eval_batches:
 
 def score_heldout(workdir: str, prepared_dir: str, *, masked_lm_prob: float = 0.15,
                   eval_batches: Optional[int] = None, seed: Optional[int] = None,
-                  batch_size: Optional[int] = None) -> dict:
+                  batch_size: Optional[int] = None, mask_only: bool = False) -> dict:
   """Held-out MLM metrics of WORKDIR's latest checkpoint on PREPARED_DIR's held-out documents.
 
   The rows are the MLM objective's packed held-out rows of the run's data.max_seq_length,
@@ -57,14 +59,18 @@ def score_heldout(workdir: str, prepared_dir: str, *, masked_lm_prob: float = 0.
   eval_batches / seed / batch_size default to the run's train.eval_batches / data.seed /
   train.global_batch_size (give them to score runs of different configs identically). Paths in
   the run's config (corpus, tokenizer) resolve from the current directory.
-  Returns {mlm_loss, mlm_acc, masked_tokens, step}."""
+  mask_only: every scored position becomes [MASK] (none kept or randomised), so the accuracy is
+  what the model predicts from context alone. Under 80/10/10 a tenth of the scored tokens stay
+  visible and a model that only copies them and otherwise guesses the commonest token already
+  scores ~0.1 + 0.9 x baseline; this number separates the two.
+  Returns {mlm_loss, mlm_acc, baseline (most frequent label), masked_tokens, step}."""
   from bertjax import checkpoint
-  from bertjax.train.pretrain import pretrain_task
+  from bertjax.train.pretrain import mlm_baseline, pretrain_task
   params, meta, step = checkpoint.restore_params(workdir)
   if not (meta.get("config") or {}).get("data"):
     raise UserError(f"{workdir}: checkpoint step {step} has no config in its metadata")
   cfg = _scoring_config(ml_collections.ConfigDict(meta["config"]), prepared_dir,
-                        masked_lm_prob, eval_batches, seed, batch_size)
+                        masked_lm_prob, eval_batches, seed, batch_size, mask_only)
   task = pretrain_task(cfg, workdir)
   batches = task.eval_batches()
   if not batches:
@@ -89,7 +95,7 @@ def score_heldout(workdir: str, prepared_dir: str, *, masked_lm_prob: float = 0.
       totals[k] = totals.get(k, 0.0) + float(v)
   out = combine_host(totals)
   return {"mlm_loss": out["mlm_loss"], "mlm_acc": out["mlm_acc"],
-          "masked_tokens": int(totals["mlm_loss_weight"]), "step": int(step)}
+          "baseline": mlm_baseline(batches), "masked_tokens": int(totals["mlm_loss_weight"]), "step": int(step)}
 
 
 def train_padding_fraction(cfg, prepared_dir: str, batches: int = 20, phase: int = 0) -> float:
