@@ -27,7 +27,11 @@ features; a value >= 0 is run_qa's fixed overlap instead.
 With --deterministic, compare.json records each side's per-step losses and their largest
 difference over the first 20 steps and over the run (`loss_diff`), and the dev predictions
 compared one by one: labels (classification), tags per token (tagging), answers per question
-(SQuAD). --float64 runs both sides in float64 (the reference that tells float32 rounding from
+(SQuAD), each side decoding its own way (ours: bertjax.tasks.squad.decode, BERT's run_squad
+rules; the peer: run_qa's postprocessing). SQuAD runs also save each side's raw start/end logits
+per window (OUT/logits_ours.npz, OUT/logits_peer.npz), and --diff A B on two such folders
+decodes both with one decoder (squad.decode on bertjax's dev features), so the answers compare
+the models rather than the decoders, and reports the largest logit difference. --float64 runs both sides in float64 (the reference that tells float32 rounding from
 an arithmetic difference); --diff A B sets two recorded runs side by side, e.g. a float32 run
 against a float64 one. Wall time: whole fine-tuning run (training
 + the final dev evaluation), measured the same way on both sides, sequentially, on the same
