@@ -27,7 +27,9 @@ features; a value >= 0 is run_qa's fixed overlap instead.
 With --deterministic, compare.json records each side's per-step losses and their largest
 difference over the first 20 steps and over the run (`loss_diff`), and the dev predictions
 compared one by one: labels (classification), tags per token (tagging), answers per question
-(SQuAD). Wall time: whole fine-tuning run (training
+(SQuAD). --float64 runs both sides in float64 (the reference that tells float32 rounding from
+an arithmetic difference); --diff A B sets two recorded runs side by side, e.g. a float32 run
+against a float64 one. Wall time: whole fine-tuning run (training
 + the final dev evaluation), measured the same way on both sides, sequentially, on the same
 machine. Results: OUT/compare.json and a markdown table on stdout.
 """
@@ -180,6 +182,8 @@ def _train(model, tensors: dict, args, log):
   steps = max(1, math.ceil(args.epochs * n / args.batch))
   opt, sched = _optimizer(model, args, steps)
   model.train()
+  if args.float64:  # parameters, activations, gradients and AdamW state in float64
+    model.double()
   losses = args.peer_losses = []
   t0 = time.time()
   for step, idx in enumerate(_order(n, steps, args.batch, args.seed), 1):
@@ -390,7 +394,9 @@ def peer_main(args) -> dict:
 # --------------------------------------------------------------- ours
 
 def ours_cmd(args, workdir: str) -> list[str]:
-  cmd = [str(REPO / ".venv" / "bin" / "bertjax"), "finetune", "--task", args.task,
+  exe = ([str(REPO / ".venv" / "bin" / "python"), str(REPO / "benchmarks" / "float64_run.py")]
+         if args.float64 else [str(REPO / ".venv" / "bin" / "bertjax")])
+  cmd = exe + ["finetune", "--task", args.task,
          "--data", args.data, "--init", args.ours_init or args.init, "--workdir", workdir,
          "--no-progress",
          f"--config.optim.learning_rate={args.lr}", f"--config.optim.eps={args.eps}",
@@ -465,12 +471,43 @@ def loss_diff(ours: list, peer: list, first: int = 20) -> dict:
   return {f"steps_{min(first, n)}": max(d[:first], default=0.0), f"steps_{n}": max(d, default=0.0)}
 
 
+def run_of(folder: str) -> dict:
+  """The one side a folder's compare.json holds (a folder written with --side ours or peer)."""
+  record = json.load(open(os.path.join(folder, "compare.json")))
+  sides = [k for k in ("ours", "peer") if k in record]
+  if len(sides) != 1:
+    raise SystemExit(f"{folder}: holds {sides or 'no side'}; --diff reads folders of one side")
+  return record[sides[0]]
+
+
+def diff_runs(a: dict, b: dict, first: int = 20) -> dict:
+  """Two recorded runs (either side, float32 or float64) set side by side: the largest
+  per-step loss difference, absolute and relative to b's loss, and the dev predictions that
+  agree."""
+  n = min(len(a["losses"]), len(b["losses"]))
+  rel = [abs(x - y) / abs(y) for x, y in zip(a["losses"][:n], b["losses"][:n])]
+  out = {"loss_diff": loss_diff(a["losses"], b["losses"], first),
+         "loss_diff_relative": {f"steps_{min(first, n)}": max(rel[:first], default=0.0),
+                                f"steps_{n}": max(rel, default=0.0)},
+         "loss_diff_per_step": [abs(x - y) for x, y in zip(a["losses"][:n], b["losses"][:n])]}
+  pa, pb = a.get("dev_predictions"), b.get("dev_predictions")
+  if isinstance(pa, dict):  # SQuAD: by question id
+    pa, pb = [pa.get(k) for k in pb], list(pb.values())
+  if pa is not None and pb is not None and len(pa) == len(pb):
+    out["dev_prediction_counts"] = [sum(x == y for x, y in zip(pa, pb)), len(pa)]
+  return out
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--task", required=True, choices=sorted(DATA))
+  p.add_argument("--task", choices=sorted(DATA))
+  p.add_argument("--diff", nargs=2, metavar=("A", "B"),
+                 help="no run: set two folders' recorded runs side by side (per-step loss "
+                      "differences, absolute and relative to B, and dev predictions agreeing); "
+                      "the result goes to --out/diff.json when --out is given")
   p.add_argument("--side", default="both", choices=["both", "ours", "peer"])
-  p.add_argument("--out", required=True)
+  p.add_argument("--out", default="")
   p.add_argument("--data", default="")
   p.add_argument("--init", default="")
   p.add_argument("--ours-init", default="",
@@ -514,9 +551,24 @@ def main(argv=None) -> int:
                       "linear probe; ours finetune.freeze=encoder)")
   p.add_argument("--peer-autocast", action="store_true",
                  help="peer: forward passes under torch.autocast('cpu', bfloat16)")
+  p.add_argument("--float64", action="store_true",
+                 help="both sides in float64 (the peer: model.double(); ours: "
+                      "benchmarks/float64_run.py), to tell float32 rounding from an arithmetic "
+                      "difference: float64 runs that agree to ~1e-10 leave only rounding")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                  help="ours: compute dtype (model.dtype; params stay f32); the peer runs fp32")
   args = p.parse_args(argv)
+  if args.diff:
+    d = diff_runs(run_of(args.diff[0]), run_of(args.diff[1]))
+    if args.out:
+      os.makedirs(args.out, exist_ok=True)
+      json.dump(dict(d, a=args.diff[0], b=args.diff[1]), open(os.path.join(args.out, "diff.json"), "w"),
+                indent=1)
+    print(json.dumps({k: v for k, v in d.items() if k != "loss_diff_per_step"}))
+    print("per-step |A - B|: " + " ".join(f"{x:.2g}" for x in d["loss_diff_per_step"]))
+    return 0
+  if not args.task or not args.out:
+    p.error("--task and --out are required (unless --diff)")
   args.data = args.data or str((REPO / DATA[args.task]).resolve())
   args.init = args.init or default_init()
   os.makedirs(args.out, exist_ok=True)

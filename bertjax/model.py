@@ -245,14 +245,20 @@ class Embeddings(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: Array, segment_ids: Array, deterministic: bool,
-               position_ids: Array | None = None) -> Array:
+               position_ids: Array | None = None, input_mask: Array | None = None) -> Array:
     c = self.config
     init = weight_init(c)
     word = self.param("word_embeddings", init, (c.vocab_size, c.hidden_size))         # [V, H]
     pos = self.param("position_embeddings", init, (c.max_position_embeddings, c.hidden_size))
     seg = self.param("token_type_embeddings", init, (c.type_vocab_size, c.hidden_size))
     s = input_ids.shape[1]
-    x = jnp.take(word, input_ids, axis=0) + jnp.take(seg, segment_ids, axis=0)  # [B, S, H]
+    w = jnp.take(word, input_ids, axis=0)                                       # [B, S, H]
+    if input_mask is not None:
+      # The [PAD] vector is not trained, as transformers' nn.Embedding(padding_idx=pad): no
+      # gradient from padding positions. Only a loss that scores them (the span softmax over
+      # padded rows, as BERT's run_squad) sends any; TF BERT then trained the [PAD] row.
+      w = jnp.where((input_mask > 0)[..., None], w, jax.lax.stop_gradient(w))
+    x = w + jnp.take(seg, segment_ids, axis=0)                                  # [B, S, H]
     if position_ids is None:
       x = bias_add(x, pos[:s])                         # [S, H], broadcast over B
     else:
@@ -366,7 +372,7 @@ class BertEncoder(nn.Module):
     if input_mask is None:
       input_mask = jnp.ones_like(input_ids)
     x = Embeddings(c, name="embeddings")(input_ids, segment_ids, deterministic,
-                                         position_ids)                       # [B, S, H]
+                                         position_ids, input_mask)           # [B, S, H]
     mask = attention_mask(input_mask)                                         # [B, S, S]
     layer_cls = nn.remat(TransformerLayer, static_argnums=(3,)) if c.remat else TransformerLayer
     hidden = [x]

@@ -75,6 +75,24 @@ def test_padding_does_not_leak(params, batch):
   assert np.abs(np.asarray(seq3)[real] - np.asarray(seq)[real]).max() > 1e-3
 
 
+def test_pad_vector_gets_no_gradient_from_padding_positions(params, batch):
+  """As transformers' nn.Embedding(padding_idx=0): a loss that scores padding positions (the
+  span softmax over padded rows) trains the position and segment tables there, never the [PAD]
+  word vector; a word vector at a real position still gets its gradient."""
+  enc = BertEncoder(small_cfg())
+
+  def loss(p, mask):
+    seq, _ = enc.apply({"params": p}, batch["ids"], batch["seg"], mask)
+    return jnp.sum(seq * jnp.arange(seq.shape[-1]))          # reads every position, padding too
+  g = jax.grad(loss)(params["bert"], batch["mask"])["embeddings"]
+  assert np.abs(np.asarray(g["word_embeddings"][0])).max() == 0.0       # [PAD] = 0
+  assert np.abs(np.asarray(g["word_embeddings"][int(batch["ids"][0, 1])])).max() > 0
+  assert np.abs(np.asarray(g["position_embeddings"][S - 1])).max() > 0  # padding in rows 1, 2
+  # ...while with every position marked real the [PAD] vector is trained (the test can fail).
+  g_all = jax.grad(loss)(params["bert"], jnp.ones_like(batch["mask"]))["embeddings"]
+  assert np.abs(np.asarray(g_all["word_embeddings"][0])).max() > 0
+
+
 def test_masked_positions_equal_full_logits_gathered(params, batch):
   cfg = small_cfg()
   masked, nsp = run_pretraining(cfg, params, batch, batch["pos"])     # [B, P, V]

@@ -6,6 +6,7 @@ the real all-MiniLM-L6-v2 vocabulary: run_ner-style labels (a word's first sub-t
 ignored) and run_qa-style windows with the per-question overlap that starts a window every
 doc_stride tokens give bertjax's input ids, segment ids, label positions and answer positions.
 """
+import json
 import os
 import re
 
@@ -104,3 +105,60 @@ def test_finetune_help_states_the_optimizer_defaults():
     section, field = key.split(".")
     assert float(m.group(1)) == cfg[section][field], key
   assert f"lr {cfg.optim.learning_rate:.0e}".replace("e-0", "e-") in FINETUNE_HELP
+
+
+def test_diff_runs_sets_two_recorded_runs_side_by_side(tmp_path):
+  a = {"losses": [2.0, 1.0, 0.5], "dev_predictions": {"q1": "x", "q2": "y"}}
+  b = {"losses": [2.0, 1.1, 0.4], "dev_predictions": {"q2": "y", "q1": "z"}}
+  for name, side, run in (("a", "ours", a), ("b", "peer", b)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "compare.json").write_text(json.dumps({side: run}))
+  d = fc.diff_runs(fc.run_of(str(tmp_path / "a")), fc.run_of(str(tmp_path / "b")), first=2)
+  assert d["loss_diff"] == {"steps_2": pytest.approx(0.1), "steps_3": pytest.approx(0.1)}
+  assert d["loss_diff_relative"]["steps_3"] == pytest.approx(0.25)   # |0.5 - 0.4| / 0.4
+  assert d["dev_prediction_counts"] == [1, 2]                          # matched by question id
+
+
+def test_float64_run_leaves_no_float32_in_the_span_training_step():
+  """benchmarks/float64_run.py: the loss, the gradient and the optimizer update (clipping, AdamW,
+  the learning-rate schedule) of the span model hold no float32 value anywhere (checked on the
+  traced programs), so a float64 run is float64 throughout. In a child process:
+  jax_enable_x64 must not leak into the other tests."""
+  import subprocess
+  import sys
+  code = """
+from benchmarks import float64_run
+float64_run.enable()
+import jax, numpy as np
+from bertjax.config import model_config
+from bertjax.heads import FineTuneModel
+from bertjax.tasks import families
+c = model_config("tiny", vocab_size=96, max_position_embeddings=32)
+c.hidden_size, c.intermediate_size = 32, 64
+c.hidden_dropout_prob = c.attention_probs_dropout_prob = 0.0
+span = families.get("span")
+ids = np.array([[2, 5, 6, 3, 0, 0], [2, 7, 3, 0, 0, 0]], np.int32)
+mask, seg = (ids != 0).astype(np.int32), np.zeros_like(ids)
+batch = {"input_mask": mask, "start_positions": np.array([1, 2], np.int32),
+         "end_positions": np.array([2, 2], np.int32)}
+model = FineTuneModel(c, span, 1)
+params = model.init(jax.random.PRNGKey(0), ids, seg, mask)["params"]
+assert {str(x.dtype) for x in jax.tree_util.tree_leaves(params)} == {"float64"}
+loss = lambda p: span.loss(model.apply({"params": p}, ids, seg, mask), batch, None, None)[0]
+program = str(jax.make_jaxpr(jax.value_and_grad(loss))(params))
+assert "f32" not in program, [l for l in program.splitlines() if "f32" in l][:3]
+from bertjax import optim
+from bertjax.tasks.finetune import default_config
+ocfg = default_config().optim
+ocfg.warmup_steps = 2
+tx, schedule = optim.make_optimizer(ocfg, 10)
+program = str(jax.make_jaxpr(tx.update)(params, tx.init(params), params))
+assert "f32" not in program, [l for l in program.splitlines() if "f32" in l][:3]
+assert abs(float(schedule(5)) - ocfg.learning_rate * 5 / 8) < 1e-20
+print("ok")
+"""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
