@@ -168,7 +168,7 @@ def test_handover_probe_freezes_the_encoder_on_our_side():
   args = argparse.Namespace(task="sst2", data="d", init="i", ours_init="", lr=1e-2, eps=1e-6,
                             weight_decay=0.01, warmup=0.1, batch=32, seed=0, epochs=3.0, seq=64,
                             max_train=2000, max_eval=0, dtype="float32", batching="",
-                            deterministic=True, freeze="encoder")
+                            deterministic=True, freeze="encoder", float64=False)
   assert "--config.finetune.freeze=encoder" in fc.ours_cmd(args, "w")
   args.freeze = "none"
   assert not any("finetune.freeze" in c for c in fc.ours_cmd(args, "w"))
