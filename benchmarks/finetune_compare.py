@@ -225,6 +225,15 @@ def _peer_zero_head(args, linear) -> None:
       linear.bias.zero_()
 
 
+def _peer_freeze(args, model) -> None:
+  """--freeze encoder: as ours with finetune.freeze=encoder, nothing under `bert` (embeddings,
+  layers, pooler) trains; AdamW, its decay and the clipping norm see the head only (a frozen
+  tensor has no gradient: torch's AdamW and clip_grad_norm_ skip it)."""
+  if args.freeze == "encoder":
+    for p in model.bert.parameters():
+      p.requires_grad_(False)
+
+
 def peer_classification(args, log) -> dict:
   import numpy as np
   import torch
@@ -253,6 +262,7 @@ def peer_classification(args, log) -> dict:
   model = BertForSequenceClassification.from_pretrained(args.init, num_labels=len(labels),
                                                         **_peer_dropout(args))
   _peer_zero_head(args, model.classifier)
+  _peer_freeze(args, model)
   t0 = time.time()
   steps, train_s = _train(model, encode(train), args, log)
   model.eval()
@@ -410,6 +420,8 @@ def ours_cmd(args, workdir: str) -> list[str]:
          "--config.finetune.predict_test=false", f"--config.model.dtype={args.dtype}"]
   if args.batching:
     cmd += [f"--config.finetune.batching={args.batching}"]
+  if args.freeze != "none":
+    cmd += [f"--config.finetune.freeze={args.freeze}"]
   if args.deterministic:
     cmd += ["--config.train.log_every=1",  # every step's loss, to set beside the peer's
             "--config.model.hidden_dropout_prob=0.0",
@@ -601,6 +613,9 @@ def main(argv=None) -> int:
                  help="--deterministic: both sides start from the task head that --init and "
                       "--ours-init hold (the same numbers) instead of zeros; a zero head learns "
                       "slowly from an encoder whose [CLS] barely varies between inputs")
+  p.add_argument("--freeze", default="none", choices=["none", "encoder"],
+                 help="classification: encoder = only the task head trains on both sides (a "
+                      "linear probe; ours finetune.freeze=encoder)")
   p.add_argument("--peer-autocast", action="store_true",
                  help="peer: forward passes under torch.autocast('cpu', bfloat16)")
   p.add_argument("--float64", action="store_true",
