@@ -27,7 +27,11 @@ features; a value >= 0 is run_qa's fixed overlap instead.
 With --deterministic, compare.json records each side's per-step losses and their largest
 difference over the first 20 steps and over the run (`loss_diff`), and the dev predictions
 compared one by one: labels (classification), tags per token (tagging), answers per question
-(SQuAD). --float64 runs both sides in float64 (the reference that tells float32 rounding from
+(SQuAD), each side decoding its own way (ours: bertjax.tasks.squad.decode, BERT's run_squad
+rules; the peer: run_qa's postprocessing). SQuAD runs also save each side's raw start/end logits
+per window (OUT/logits_ours.npz, OUT/logits_peer.npz), and --diff A B on two such folders
+decodes both with one decoder (squad.decode on bertjax's dev features), so the answers compare
+the models rather than the decoders, and reports the largest logit difference. --float64 runs both sides in float64 (the reference that tells float32 rounding from
 an arithmetic difference); --diff A B sets two recorded runs side by side, e.g. a float32 run
 against a float64 one. Wall time: whole fine-tuning run (training
 + the final dev evaluation), measured the same way on both sides, sequentially, on the same
@@ -221,6 +225,15 @@ def _peer_zero_head(args, linear) -> None:
       linear.bias.zero_()
 
 
+def _peer_freeze(args, model) -> None:
+  """--freeze encoder: as ours with finetune.freeze=encoder, nothing under `bert` (embeddings,
+  layers, pooler) trains; AdamW, its decay and the clipping norm see the head only (a frozen
+  tensor has no gradient: torch's AdamW and clip_grad_norm_ skip it)."""
+  if args.freeze == "encoder":
+    for p in model.bert.parameters():
+      p.requires_grad_(False)
+
+
 def peer_classification(args, log) -> dict:
   import numpy as np
   import torch
@@ -249,6 +262,7 @@ def peer_classification(args, log) -> dict:
   model = BertForSequenceClassification.from_pretrained(args.init, num_labels=len(labels),
                                                         **_peer_dropout(args))
   _peer_zero_head(args, model.classifier)
+  _peer_freeze(args, model)
   t0 = time.time()
   steps, train_s = _train(model, encode(train), args, log)
   model.eval()
@@ -347,6 +361,11 @@ def peer_squad(args, log) -> dict:
       sl.append(out.start_logits.float().numpy())
       el.append(out.end_logits.float().numpy())
   sl, el = np.concatenate(sl), np.concatenate(el)
+  logits = os.path.join(args.out, "logits_peer.npz")  # for --diff's shared decoder
+  np.savez(logits, start=sl, end=el, input_ids=np.asarray(enc["input_ids"], np.int32),
+           example_index=np.asarray(sample, np.int32))
+  # The peer's own decoding: transformers' run_qa postprocessing (no max-context check; the
+  # n-best over all positions, padding included, then filtered).
   best = collections.defaultdict(lambda: (-1e9, ""))
   for f in range(len(sample)):
     e = dev[sample[f]]
@@ -363,7 +382,7 @@ def peer_squad(args, log) -> dict:
   return {"metrics": result, "steps": steps, "train_s": train_s, "wall_s": time.time() - t0,
           "train_seq_per_s": steps * args.batch / train_s,
           "num_train": len(train), "num_eval": len(dev), "num_train_features": len(starts),
-          "losses": args.peer_losses, "dev_predictions": preds}
+          "losses": args.peer_losses, "dev_predictions": preds, "logits": logits}
 
 
 def peer_main(args) -> dict:
@@ -401,6 +420,8 @@ def ours_cmd(args, workdir: str) -> list[str]:
          "--config.finetune.predict_test=false", f"--config.model.dtype={args.dtype}"]
   if args.batching:
     cmd += [f"--config.finetune.batching={args.batching}"]
+  if args.freeze != "none":
+    cmd += [f"--config.finetune.freeze={args.freeze}"]
   if args.deterministic:
     cmd += ["--config.train.log_every=1",  # every step's loss, to set beside the peer's
             "--config.model.hidden_dropout_prob=0.0",
@@ -409,7 +430,8 @@ def ours_cmd(args, workdir: str) -> list[str]:
     cmd += [f"--config.finetune.article_split={args.article_split}",
             f"--config.finetune.doc_stride={args.doc_stride}",
             f"--config.finetune.n_best={args.n_best}",
-            f"--config.finetune.max_answer_length={args.max_answer_length}"]
+            f"--config.finetune.max_answer_length={args.max_answer_length}",
+            "--config.finetune.write_logits=true"]
   return cmd
 
 
@@ -445,7 +467,14 @@ def ours_main(args) -> dict:
     dev_predictions = [l.split()[2] for l in open(pred_path, encoding="utf-8") if l.strip()]
   else:                            # GLUE-style TSV: index, prediction
     dev_predictions = [l.split("\t")[1] for l in open(pred_path).read().splitlines()[1:]]
-  return {"metrics": res[split], "steps": max(r["step"] for r in rows), "wall_s": wall,
+  out = {}
+  raw = os.path.splitext(pred_path)[0] + ".logits.npz"
+  if args.task == "squad" and os.path.exists(raw):  # for --diff's shared decoder
+    import numpy as np
+    z = np.load(raw)
+    out["logits"] = os.path.join(args.out, "logits_ours.npz")
+    np.savez(out["logits"], start=z["output_0"], end=z["output_1"])
+  return {**out, "metrics": res[split], "steps": max(r["step"] for r in rows), "wall_s": wall,
           "losses": [r["loss"] for r in rows if "loss" in r],
           "dev_predictions": dev_predictions,
           "train_seq_per_s": sum(speeds) / len(speeds) if speeds else None,
@@ -484,6 +513,56 @@ def diff_runs(a: dict, b: dict, first: int = 20) -> dict:
   if pa is not None and pb is not None and len(pa) == len(pb):
     out["dev_prediction_counts"] = [sum(x == y for x, y in zip(pa, pb)), len(pa)]
   return out
+
+
+def shared_decode(examples, feats: dict, a: dict, b: dict, n_best: int = 20,
+                  max_answer_length: int = 30) -> dict:
+  """Both sides' raw start/end logits [F, S] (dicts with "start", "end"; a peer's also
+  "input_ids", which must be the features' own) decoded by one decoder, bertjax.tasks.squad.decode
+  (BERT's run_squad rules), on the same features: the answers each gives, how many agree, and
+  the largest |a - b| logit over real tokens (input_mask 1) and over context tokens."""
+  import numpy as np
+  from bertjax.tasks import squad
+  for side in (a, b):
+    if side["start"].shape != feats["input_ids"].shape:
+      raise SystemExit(f"logits {side['start'].shape} vs features {feats['input_ids'].shape}: "
+                       "the runs did not decode the same windows; rerun with the same --seq, "
+                       "--doc-stride, --max-eval and --stride-overlap -1")
+    if "input_ids" in side and not np.array_equal(side["input_ids"], feats["input_ids"]):
+      raise SystemExit("the peer's windows hold other tokens than bertjax's features; rerun "
+                       "with --stride-overlap -1")
+  pa = squad.decode(examples, feats, a["start"], a["end"], n_best, max_answer_length)
+  pb = squad.decode(examples, feats, b["start"], b["end"], n_best, max_answer_length)
+  real, ctx = feats["input_mask"] > 0, feats["char_start"] >= 0
+  d = np.maximum(np.abs(np.float64(a["start"]) - b["start"]), np.abs(np.float64(a["end"]) - b["end"]))
+  return {"a": pa, "b": pb, "identical": [sum(pa[k] == pb[k] for k in pa), len(pa)],
+          "max_logit_diff_real": float(d[real].max()), "max_logit_diff_context": float(d[ctx].max())}
+
+
+def diff_shared_decode(folder_a: str, folder_b: str) -> dict:
+  """--diff on two SQuAD folders that hold logits: shared_decode on bertjax's dev features
+  rebuilt from the run's arguments, each side's shared-decoder answers also set against the
+  answers it decoded itself."""
+  import numpy as np
+  from bertjax.data.tokenizer import load_tokenizer
+  from bertjax.tasks import squad
+  recs = [json.load(open(os.path.join(f, "compare.json"))) for f in (folder_a, folder_b)]
+  runs = [run_of(f) for f in (folder_a, folder_b)]
+  arg = recs[0]["args"]
+  examples = squad.read_squad(os.path.join(arg["data"], "dev-v1.1.json"))
+  dev = [e for e in examples if e.article >= arg["article_split"]][:arg["max_eval"] or None]
+  tok = load_tokenizer(os.path.join(arg["init"], "vocab.txt"))
+  feats = squad.make_features(dev, tok, arg["seq"], arg["doc_stride"], 64, False)
+  logits = []
+  for f, r in zip((folder_a, folder_b), runs):
+    z = np.load(os.path.join(f, os.path.basename(r["logits"])))
+    logits.append({k: z[k] for k in z.files})
+  d = shared_decode(dev, feats, logits[0], logits[1], arg["n_best"], arg["max_answer_length"])
+  own = [sum(d[s][k] == r["dev_predictions"].get(k) for k in d[s]) for s, r in zip("ab", runs)]
+  return {"shared_decoder_identical": d["identical"],
+          "shared_vs_own_decoder": {"a": [own[0], len(dev)], "b": [own[1], len(dev)]},
+          "max_logit_diff_real": d["max_logit_diff_real"],
+          "max_logit_diff_context": d["max_logit_diff_context"]}
 
 
 def main(argv=None) -> int:
@@ -534,6 +613,9 @@ def main(argv=None) -> int:
                  help="--deterministic: both sides start from the task head that --init and "
                       "--ours-init hold (the same numbers) instead of zeros; a zero head learns "
                       "slowly from an encoder whose [CLS] barely varies between inputs")
+  p.add_argument("--freeze", default="none", choices=["none", "encoder"],
+                 help="classification: encoder = only the task head trains on both sides (a "
+                      "linear probe; ours finetune.freeze=encoder)")
   p.add_argument("--peer-autocast", action="store_true",
                  help="peer: forward passes under torch.autocast('cpu', bfloat16)")
   p.add_argument("--float64", action="store_true",
@@ -545,6 +627,8 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   if args.diff:
     d = diff_runs(run_of(args.diff[0]), run_of(args.diff[1]))
+    if all("logits" in run_of(f) for f in args.diff):  # SQuAD: one decoder for both
+      d.update(diff_shared_decode(*args.diff))
     if args.out:
       os.makedirs(args.out, exist_ok=True)
       json.dump(dict(d, a=args.diff[0], b=args.diff[1]), open(os.path.join(args.out, "diff.json"), "w"),

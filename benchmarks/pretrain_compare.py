@@ -416,12 +416,13 @@ def class_balance(preds: list, gold: list) -> dict:
           "majority_accuracy": 100 * max(answers.values()) / len(gold)}
 
 
-def with_starting_head(bundle_dir: str, out: str, seed: int) -> tuple[str, str]:
+def with_starting_head(bundle_dir: str, out: str, seed: int,
+                       std: float = 0.0) -> tuple[str, str]:
   """The pretrained encoder of `bundle_dir` with one SST-2 head drawn once (normal, std
-  initializer_range, bias 0: BERT's and transformers' init), written by bertjax as a bundle
-  (OUT/bundle) and as a Hugging Face BertForSequenceClassification (OUT/hf). Both sides start
-  fine-tuning from these same numbers: a zero head (finetune_compare's default when
-  deterministic) barely moves an encoder whose [CLS] hardly varies between inputs yet."""
+  initializer_range, bias 0: BERT's and transformers' init; `std` > 0 replaces the std), written
+  by bertjax as a bundle (OUT/bundle) and as a Hugging Face BertForSequenceClassification
+  (OUT/hf). Both sides start fine-tuning from these same numbers: a zero head (finetune_compare's
+  default when deterministic) barely moves an encoder whose [CLS] hardly varies between inputs."""
   import numpy as np
   from bertjax.tasks import registry
   from bertjax.weights import bundle, interop
@@ -430,7 +431,8 @@ def with_starting_head(bundle_dir: str, out: str, seed: int) -> tuple[str, str]:
   h, n = model_cfg.hidden_size, len(spec.labels)
   rng = np.random.RandomState(seed)
   params = {"bert": params["bert"], "classifier": {"dense": {
-      "kernel": (rng.standard_normal((h, n)) * model_cfg.initializer_range).astype(np.float32),
+      "kernel": (rng.standard_normal((h, n)) * (std or model_cfg.initializer_range)
+                 ).astype(np.float32),
       "bias": np.zeros(n, np.float32)}}}                                          # [H, 2], [2]
   head = {"family": spec.family, "task": spec.name, "labels": list(spec.labels),
           "pooling": "pooler"}
@@ -455,7 +457,7 @@ def handover(args) -> dict:
   head = []
   if args.ft_head_seed >= 0:
     bundle, hf = with_starting_head(bundle, os.path.join(args.out, "handover", "with_head"),
-                                    args.ft_head_seed)
+                                    args.ft_head_seed, args.ft_head_std)
     head = ["--init-head"]
     enc = compare_params(os.path.join(hf, "model.safetensors"),  # the encoder is the export's
                          os.path.join(args.out, "handover", "hf", "model.safetensors"))
@@ -465,8 +467,9 @@ def handover(args) -> dict:
             "--ours-init", bundle, "--deterministic"] + head + [
             "--max-train", str(args.ft_max_train), "--epochs", str(args.ft_epochs),
             "--lr", str(args.ft_lr), "--seq", str(args.ft_seq), "--batch", str(args.ft_batch),
-            "--threads", str(args.threads)] + (["--dynamic-padding"] if args.ft_dynamic_padding
-                                               else [])
+            "--threads", str(args.threads), "--warmup", str(args.ft_warmup),
+            "--freeze", args.ft_freeze] + (["--dynamic-padding"] if args.ft_dynamic_padding
+                                           else [])
   outs = {side: os.path.join(args.out, "handover", side) for side in ("ours", "peer")}
   procs = {"ours": subprocess.Popen([sys.executable] + common + ["--side", "ours", "--out",
                                                                   outs["ours"]]),
@@ -619,6 +622,12 @@ def main(argv=None) -> int:
   p.add_argument("--handover-from", default="",
                  help="handover: a `bertjax pretrain` workdir (default: the deterministic run's)")
   p.add_argument("--ft-seq", type=int, default=64)
+  p.add_argument("--ft-head-std", type=float, default=0.0,
+                 help="handover: the shared head's std (0: the model's initializer_range)")
+  p.add_argument("--ft-warmup", type=float, default=0.1,
+                 help="handover: warmup proportion of the fine-tuning steps")
+  p.add_argument("--ft-freeze", default="none", choices=["none", "encoder"],
+                 help="handover: encoder = only the head trains (a linear probe), both sides")
   p.add_argument("--ft-head-seed", type=int, default=-1,
                  help="handover: both sides start from one random SST-2 head drawn with this "
                       "seed (-1: from a zero head)")

@@ -196,6 +196,9 @@ def base_config() -> ml_collections.ConfigDict:
   f.bucket_lengths = ""                 # bucket: comma-separated lengths ("" = 32, 64, ... doubling
                                         #   below max_seq_length, then max_seq_length)
   f.write_predictions = True            # write dev predictions (and test: predict_test) at the end
+  f.write_logits = False                # also write each dev split's raw head outputs beside its
+                                        #   predictions (<file>.logits.npz: output_0, output_1, ...
+                                        #   [F, ...] per feature), to decode or compare elsewhere
   f.predict_test = True                 # also read and predict the test split when its file exists
   return c
 

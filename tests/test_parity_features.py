@@ -162,3 +162,30 @@ print("ok")
   out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True,
                        text=True, timeout=600)
   assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_shared_decode_applies_one_decoder_to_both_sides_logits():
+  # One question, two windows over "aa bb cc": tokens at positions 1-2 (window 0: "aa bb",
+  # "bb" outside its max context) and 1-2 (window 1: "bb cc").
+  ex = squad.SquadExample(qid="q", context="aa bb cc", question="?", answers=["bb"],
+                          answer_starts=[3], article=0)
+  feats = {"example_index": np.array([0, 0]), "input_mask": np.array([[1, 1, 1, 0]] * 2),
+           "input_ids": np.array([[1, 5, 6, 0], [1, 6, 7, 0]]),
+           "char_start": np.array([[-1, 0, 3, -1], [-1, 3, 6, -1]]),
+           "char_end": np.array([[-1, 2, 5, -1], [-1, 5, 8, -1]]),
+           "max_context": np.array([[0, 1, 0, 0], [0, 1, 1, 0]], bool)}
+  low = np.zeros((2, 4), np.float32)
+  a = {"start": low.copy(), "end": low.copy()}
+  a["start"][0, 2] = a["end"][0, 2] = 5.0    # "bb" in window 0, where it lacks max context
+  a["start"][0, 1] = -10.0                   # "aa" (window 0's only max-context start): unlikely
+  a["start"][1, 2] = a["end"][1, 2] = 1.0    # "cc" in window 1
+  b = {k: v + 0.25 for k, v in a.items()}
+  b["start"][0, 3] = 9.0                     # padding: no decoder candidate
+  b["input_ids"] = feats["input_ids"]
+  d = fc.shared_decode([ex], feats, a, b)
+  assert d["a"] == d["b"] == {"q": "cc"}     # the max-context rule skips window 0's "bb"
+  assert d["identical"] == [1, 1]
+  assert d["max_logit_diff_real"] == pytest.approx(0.25)
+  assert d["max_logit_diff_context"] == pytest.approx(0.25)
+  with pytest.raises(SystemExit):            # other tokens in the peer's windows
+    fc.shared_decode([ex], feats, a, dict(b, input_ids=feats["input_ids"] + 1))

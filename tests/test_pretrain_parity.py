@@ -157,3 +157,22 @@ def test_class_balance_names_a_one_class_handover():
   assert b["predicted"] == {"0": 0, "1": 4} and b["gold"] == {"0": 1, "1": 3}
   assert b["majority_accuracy"] == 75.0
   assert pc.class_balance([0, 1, 1, 0], [0, 1, 0, 1])["predicted"] == {"0": 2, "1": 2}
+
+
+def test_handover_probe_freezes_the_encoder_on_our_side():
+  """--freeze encoder (the handover's linear probe) reaches bertjax as finetune.freeze=encoder,
+  whose predicate holds every leaf under `bert` (the peer freezes `model.bert`) and no head leaf."""
+  import argparse
+  from benchmarks import finetune_compare as fc
+  from bertjax.tasks.finetune import freeze_predicate
+  args = argparse.Namespace(task="sst2", data="d", init="i", ours_init="", lr=1e-2, eps=1e-6,
+                            weight_decay=0.01, warmup=0.1, batch=32, seed=0, epochs=3.0, seq=64,
+                            max_train=2000, max_eval=0, dtype="float32", batching="",
+                            deterministic=True, freeze="encoder", float64=False)
+  assert "--config.finetune.freeze=encoder" in fc.ours_cmd(args, "w")
+  args.freeze = "none"
+  assert not any("finetune.freeze" in c for c in fc.ours_cmd(args, "w"))
+  frozen = freeze_predicate("encoder")
+  assert frozen(("bert", "pooler", "dense", "kernel"))
+  assert frozen(("bert", "embeddings", "word_embeddings", "embedding"))
+  assert not frozen(("classifier", "dense", "kernel"))

@@ -128,11 +128,20 @@ def test_squad_end_to_end(tmp_path):
   (d / "train-v1.1.json").write_text(json.dumps(data))
   data["data"][0]["paragraphs"][0]["qas"] = qas[:4]
   (d / "dev-v1.1.json").write_text(json.dumps(data))
-  cfg = tiny_cfg(tmp_path, "squad", d, num_epochs=8.0, max_seq_length=24, doc_stride=8)
+  cfg = tiny_cfg(tmp_path, "squad", d, num_epochs=8.0, max_seq_length=24, doc_stride=8,
+                 write_logits=True)
   summary = finetune.run(cfg, str(tmp_path / "work"), progress=False)
   preds = json.load(open(summary["predictions"]["dev"]))
   assert sorted(preds) == ["q0", "q1", "q2", "q3"]
   assert summary["results"]["dev"]["exact_match"] == pytest.approx(100.0)
+  # finetune.write_logits: the raw start/end logits per window, which decode to the same answers.
+  from bertjax.data.tokenizer import load_tokenizer
+  from bertjax.tasks import squad
+  z = np.load(summary["predictions"]["dev"][:-len(".json")] + ".logits.npz")
+  dev = squad.read_squad(str(d / "dev-v1.1.json"))
+  feats = squad.make_features(dev, load_tokenizer(cfg.data.tokenizer), 24, 8, 64, False)
+  assert z["output_0"].shape == z["output_1"].shape == feats["input_ids"].shape
+  assert squad.decode(dev, feats, z["output_0"], z["output_1"]) == preds
 
 
 def test_init_from_hugging_face_dir_loads_encoder(shared_data, tmp_path):

@@ -136,11 +136,13 @@ class FinetuneJob:
       jax.tree_util.tree_map(lambda o, a: o.__setitem__(idx, a), out, y)
     return out
 
-  def predict(self, params, es: EvalSet):
+  def predict(self, params, es: EvalSet, raw: Optional[dict] = None):
     """Decoded predictions: label strings / floats per example, tag lists per sentence, or
-    {qid: answer} for SQuAD."""
-    return self.family.decode(self.raw_outputs(params, es.features), es, self.labels,
-                              self.cfg.finetune)
+    {qid: answer} for SQuAD. `raw`: a dict that also receives the head outputs by split."""
+    out = self.raw_outputs(params, es.features)
+    if raw is not None:
+      raw[es.split] = out
+    return self.family.decode(out, es, self.labels, self.cfg.finetune)
 
   def score(self, es: EvalSet, preds) -> dict:
     return self.family.score(self.spec, es, preds, self.labels)
@@ -148,7 +150,8 @@ class FinetuneJob:
   def evaluate(self, params) -> dict:
     out = {}
     # The trainer's final evaluation and write_predictions see the same params: predict once.
-    self._last = (params, {es.split: self.predict(params, es) for es in self.evals})
+    raw = {}  # kept for finetune.write_logits
+    self._last = (params, {es.split: self.predict(params, es, raw) for es in self.evals}, raw)
     for es in self.evals:
       m = self.score(es, self._last[1][es.split])
       prefix = "" if len(self.evals) == 1 else es.split + "_"
@@ -161,17 +164,22 @@ class FinetuneJob:
     out_dir = os.path.join(workdir, "predictions")
     paths, results = {}, {}
     name = self.spec.name
-    last = getattr(self, "_last", (None, {}))
+    last = getattr(self, "_last", (None, {}, {}))
     for es, labelled in [(e, True) for e in self.evals] + [(e, False) for e in self.tests]:
       if last[0] is params and es.split in last[1]:
-        preds = last[1][es.split]
+        preds, raw = last[1][es.split], last[2]
       else:
-        preds = self.predict(params, es)
+        raw = {}
+        preds = self.predict(params, es, raw)
       if labelled:
         results[es.split] = {k: float(v) for k, v in self.score(es, preds).items()}
       path = os.path.join(out_dir, self.family.prediction_file(name, es.split))
       if jax.process_index() == 0:        # every process predicted (collective); one writes
         self.family.write_predictions(path, es, preds)
+        if self.cfg.finetune.get("write_logits") and raw.get(es.split) is not None:
+          leaves = jax.tree_util.tree_leaves(raw[es.split])
+          np.savez(os.path.splitext(path)[0] + ".logits.npz",
+                   **{f"output_{i}": np.asarray(a) for i, a in enumerate(leaves)})
       paths[es.split] = path
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
