@@ -70,7 +70,7 @@ def git_commit() -> str:
   try:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
                           capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO,
                            capture_output=True, text=True).stdout.strip()
     return head + ("+dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
@@ -330,11 +330,15 @@ def main(argv=None) -> int:
     raise SystemExit(f"error: {e}") from None
   path = os.path.join(r.out, "transfer.json")
   record = json.load(open(path)) if os.path.exists(path) else {"rows": {}}
-  record.update(protocol="docs/transfer_protocol.md", commit=git_commit(),
-                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                command=" ".join([".venv/bin/python", "-m", "benchmarks.transfer"]
-                                 + (sys.argv[1:] if argv is None else list(argv))),
-                protocol_settings=not smoke, data={k: v for k, v in r.sets.items()})
+  stamp = {"commit": git_commit(),
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "command": " ".join([".venv/bin/python", "-m", "benchmarks.transfer"]
+                               + (sys.argv[1:] if argv is None else list(argv))),
+           "protocol_settings": not smoke}
+  # the last invocation on top; every invocation (a rerun may run a subset) in the list, and
+  # each stage's record says which one computed it
+  record.update(protocol="docs/transfer_protocol.md", **stamp, data=r.sets)
+  record.setdefault("invocations", []).append(stamp)
 
   def save():
     with open(path + ".tmp", "w") as f:
@@ -344,19 +348,19 @@ def main(argv=None) -> int:
   for stage in stages:
     print(f"[transfer] stage {stage}", flush=True)
     if stage == "pretrain":
-      record["pretrain"] = r.pretrain()
+      record["pretrain"] = {**r.pretrain(), **stamp}
     elif stage == "minilm":
-      record["minilm_tapt"] = tapt = r.tapt()
+      record["minilm_tapt"] = tapt = {**r.tapt(), **stamp}
       arms = {"continued": (tapt["export"], None), "direct": (args.minilm, None)}
       record["rows"]["minilm-1000"] = r.compare("minilm-1000", arms, n=tp.MINILM_N,
                                                 lrs=tp.MINILM_LRS, epochs=tp.MINILM_EPOCHS,
-                                                probe=False)
+                                                probe=False) | stamp
     else:
       kind, n = stage.split("-")
       probe = kind == "probe"
       record["rows"][stage] = r.compare(stage, r.scratch_arms(), n=n,
                                         lrs=tp.PROBE_LRS if probe else tp.FULL_LRS,
-                                        epochs=tp.EPOCHS[n], probe=probe)
+                                        epochs=tp.EPOCHS[n], probe=probe) | stamp
     save()
   print(table(record))
   acc = record["rows"].get("scratch-1000", {}).get("verdict")

@@ -12,7 +12,7 @@ import importlib.util
 import os
 
 S = "../shared/data/corpus"
-SST2_TEXT = "runs/transfer/sst2_train_text.txt"   # written by benchmarks/transfer.py
+SST2_TEXT = "runs/transfer/data/sst2_train_text.txt"   # written by benchmarks/transfer.py
 
 
 def _demo():

@@ -112,3 +112,17 @@ def test_pretrain_summary_numbers_are_read_from_the_printed_summary():
   s = runner.pretrain_summary("/w", log)
   assert (s["steps"], s["heldout_mlm_acc"], s["heldout_mask_only_acc"], s["mlm_baseline"]) == (
       3100, 0.312, 0.287, 0.066)
+
+
+def test_pretrain_config_is_the_demo_recipe_but_corpus_budget_and_cadence():
+  from bertjax.config import load_config
+  configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+  flat = lambda c: {f"{g}.{k}": v for g, sub in c.items() if hasattr(sub, "items")  # noqa: E731
+                    for k, v in sub.items()}
+  demo = flat(load_config(str(configs / "pretrain_demo.py")).to_dict())
+  ours = flat(load_config(str(configs / "transfer_pretrain.py")).to_dict())
+  changed = {k for k in demo if demo[k] != ours[k]}
+  assert changed == {"data.corpus", "data.heldout_fraction", "train.budget_minutes",
+                     "train.eval_every", "checkpoint.every_steps"}
+  assert ours["train.budget_minutes"] == 40 and ours["data.heldout_fraction"] == 0.01
+  assert ours["data.corpus"].endswith("sst2_train_text.txt:bert")
