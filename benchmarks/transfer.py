@@ -10,6 +10,10 @@ time); a run whose run.json has the same command is not repeated, so starting th
 resumes where it stopped (an interrupted pretraining resumes from its checkpoint).
 Every number goes to OUT/transfer.json, a markdown table to stdout.
 
+Wall time on the 2-core machine, estimated from single runs (2026-12-07; 12 fine-tuning runs per
+row): pretrain ~44 min, scratch-1000 ~11, probe-1000 ~5, minilm ~33 (TAPT ~11), scratch-8000
+~22, probe-8000 ~8, scratch-all ~53, probe-all ~16: about 3 h 15 min in all.
+
 Smoke run (minutes; not protocol numbers, and transfer.json says so):
     .venv/bin/python -m benchmarks.transfer --out /tmp/transfer_smoke --pretrain-minutes 0.3 \\
         --tapt-steps 3 --max-steps 4 --max-eval 64 --seeds 0,1
