@@ -391,6 +391,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
   if m.hidden_size % m.num_attention_heads:
     raise UserError(f"model.hidden_size={m.hidden_size} is not divisible by "
                     f"model.num_attention_heads={m.num_attention_heads}; pick sizes that divide")
+  for k in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+    # -1 (config_steps.FROM_INIT): fine-tuning's "the --init checkpoint's value".
+    if not (0.0 <= m[k] < 1.0 or m[k] == -1.0):
+      raise UserError(f"model.{k}={m[k]}: a dropout rate must be in [0, 1)")
   if m.dtype not in ("float32", "bfloat16", "auto"):
     raise UserError(f"model.dtype={m.dtype!r}: use float32, bfloat16 or auto")
   if m.attention_impl not in ("auto", "einsum", "cudnn", "xla"):  # xla: older name of einsum

@@ -7,6 +7,7 @@ config after `load_config` locked it can be found in one place:
 
   resolve_model_dtype(cfg)                 model.dtype auto -> this machine's fast dtype
   adopt_checkpoint_model(cfg, model_cfg)   model.* architecture from the --init checkpoint
+  resolve_tunable(cfg)                     dropout left at FROM_INIT (no --init) -> 0.1
   use_checkpoint_tokenizer(cfg, path)      data.tokenizer = the checkpoint's own tokenizer
   use_finetune_lengths(cfg)                data.* sequence lengths follow finetune.*
   set_finetune_schedule(cfg, n_train)      train.num_steps / eval_every, optim.warmup_steps
@@ -29,9 +30,13 @@ ARCH_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_
                "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
                "initializer_range", "layer_norm_eps", "hidden_dropout_prob",
                "attention_probs_dropout_prob")
-# Of those, fine-tuning hyper-parameters: the checkpoint's value unless the config sets another
+# Of those, fine-tuning hyper-parameters: the checkpoint's value unless the config sets one
 # (e.g. --config.model.hidden_dropout_prob=0.2), as transformers' from_pretrained(..., kwargs).
 TUNABLE_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+# Fine-tuning's default for a tunable field: "the --init checkpoint's value" (BERT's 0.1 without
+# one). A sentinel rather than 0.1 itself, so that a value the user sets always wins, even 0.1
+# on a checkpoint pretrained without dropout.
+FROM_INIT = -1.0
 
 
 def resolve_model_dtype(cfg: ml_collections.ConfigDict) -> None:
@@ -40,14 +45,23 @@ def resolve_model_dtype(cfg: ml_collections.ConfigDict) -> None:
 
 
 def adopt_checkpoint_model(cfg: ml_collections.ConfigDict, model_cfg) -> None:
-  """cfg.model takes the checkpoint's architecture; a tunable field the user set stays."""
+  """cfg.model takes the checkpoint's architecture; a tunable field the config sets stays."""
+  for k in ARCH_FIELDS:
+    if k in TUNABLE_FIELDS:
+      if cfg.model[k] == FROM_INIT and k in model_cfg:
+        cfg.model[k] = model_cfg[k]
+    elif k in model_cfg:
+      cfg.model[k] = model_cfg[k]
+  resolve_tunable(cfg)
+
+
+def resolve_tunable(cfg: ml_collections.ConfigDict) -> None:
+  """A tunable field still at FROM_INIT (no checkpoint, or one without it) -> BERT's default."""
   from bertjax.config import model_config
   defaults = model_config()
-  for k in ARCH_FIELDS:
-    if k in TUNABLE_FIELDS and cfg.model[k] != defaults[k]:
-      continue  # set by the user: an override, not the checkpoint's
-    if k in model_cfg:
-      cfg.model[k] = model_cfg[k]
+  for k in TUNABLE_FIELDS:
+    if cfg.model[k] == FROM_INIT:
+      cfg.model[k] = defaults[k]
 
 
 def use_checkpoint_tokenizer(cfg: ml_collections.ConfigDict, path: str) -> None:

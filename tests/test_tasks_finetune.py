@@ -255,6 +255,17 @@ def test_init_checkpoint_sets_architecture_and_dropout_unless_overridden(monkeyp
   finetune.load_init(cfg)
   assert (cfg.model.hidden_dropout_prob, cfg.model.attention_probs_dropout_prob) == (0.0, 0.2)
   assert cfg.model.hidden_size == 128
+  # Even a value equal to BERT's default is the user's: 0.1 on a checkpoint pretrained at 0.0.
+  ckpt.hidden_dropout_prob, ckpt.attention_probs_dropout_prob = 0.0, 0.0
+  cfg = finetune.default_config()
+  cfg.finetune.init = "ckpt"
+  cfg.model.hidden_dropout_prob = 0.1
+  finetune.load_init(cfg)
+  assert (cfg.model.hidden_dropout_prob, cfg.model.attention_probs_dropout_prob) == (0.1, 0.0)
+  # No checkpoint: BERT's 0.1 unless set.
+  cfg = finetune.default_config()
+  finetune.load_init(cfg)
+  assert (cfg.model.hidden_dropout_prob, cfg.model.attention_probs_dropout_prob) == (0.1, 0.1)
 
 
 @pytest.mark.parametrize("zero", [False, True])

@@ -48,6 +48,7 @@ def load_init(cfg) -> tuple[Optional[dict], str, bool]:
   checkpoint's architecture. Without --init: random encoder, data.tokenizer."""
   f = cfg.finetune
   if not f.init:
+    config_steps.resolve_tunable(cfg)
     return None, cfg.data.tokenizer, cfg.data.do_lower_case
   from bertjax.weights import bundle
   params, model_cfg, tok_path, lower = bundle.load_encoder(f.init)
@@ -347,4 +348,8 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.checkpoint.async_save = False
   cfg.finetune.num_epochs = 3.0
   cfg.model.dtype = "auto"      # bf16 where the hardware runs it fast (config.fast_bf16)
+  # Dropout: the --init checkpoint's (transformers does the same), 0.1 without one; any value
+  # set here or by --config.model.*_dropout_prob wins.
+  cfg.model.hidden_dropout_prob = config_steps.FROM_INIT
+  cfg.model.attention_probs_dropout_prob = config_steps.FROM_INIT
   return cfg
