@@ -71,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = d = ml_collections.ConfigDict()
   d.corpus = "data/corpus/*.txt"        # comma-separated globs of text or record files | tfds:NAME
+  # (a glob may end in :bert / :prose / :auto to read its files in that format, not corpus_format)
   d.corpus_format = "auto"              # auto | bert (sentence per line) | prose | tfds
   # Record files (.jsonl/.json[.gz|.zst], .parquet, .arrow, a datasets save_to_disk folder): one
   # document per record, its text read with corpus_format like a .txt file's text.

@@ -1,7 +1,8 @@
 """BERT-Tiny pretrained on ../shared/data/corpus: the checkpoint of the transfer experiment.
 
 The transfer rows of docs/results.md fine-tune this model on SST-2 and compare it with the
-same architecture from random initialisation (benchmarks/transfer_sst2.py). Run:
+same architecture from random initialisation (benchmarks/transfer_sst2.py, since
+superseded by benchmarks/transfer.py). Run:
   S=../shared/data/corpus
   bertjax tokenizer train --input "$S/nltk_gutenberg/*.txt,$S/nltk_inaugural/*.txt,\
 $S/nltk_state_union/*.txt,$S/wikitext-2/*.tokens,$S/bert_sample_text/*.txt" \

@@ -236,3 +236,24 @@ def test_cli_prepare_parquet_with_fields(tmp_path, capsys):
   rc = main(args + ["--out", str(tmp_path / "q")])
   err = capsys.readouterr().err
   assert rc == 2 and "no column 'text' (columns: ['doc', 'body']); set data.text_field" in err
+
+
+def test_format_suffix_reads_one_file_as_bert(tmp_path):
+  """`PATH:bert` beside prose: SST-2-like phrases (no terminal punctuation, which `auto` reads
+  as one prose document) become one document each; the other files keep corpus_format."""
+  phrases = [f"a charming and often affecting journey number {i}" for i in range(40)]
+  (tmp_path / "sst.txt").write_text("\n\n".join(phrases) + "\n", encoding="utf-8")
+  os.symlink(os.path.join(CORPUS, "gutenberg_carroll-alice.txt"), tmp_path / "alice.txt")
+  sst, alice = str(tmp_path / "sst.txt"), str(tmp_path / "alice.txt")
+  assert corpus.split_format(sst + ":bert") == (sst, "bert")
+  assert corpus.split_format("tfds:wiki") == ("tfds:wiki", None)   # not a format: kept
+  assert corpus.expand_inputs_with_formats(f"{alice},{sst}:bert", "auto") == [
+      (alice, "auto"), (sst, "bert")]
+  assert corpus.expand_inputs(f"{sst}:bert") == [sst]
+  cfg = data_cfg(f"{alice},{sst}:bert", heldout_fraction=0.0)
+  m = prepare_corpus(cfg, str(tmp_path / "p"))
+  auto = prepare_corpus(data_cfg(f"{alice},{sst}", heldout_fraction=0.0), str(tmp_path / "q"))
+  assert m["summary"]["formats"] == {"prose": 1, "bert": 1}
+  assert m["splits"]["train"]["documents"] == 1 + len(phrases)
+  assert auto["splits"]["train"]["documents"] == 2                     # without the suffix
+  assert m["fingerprint"] != auto["fingerprint"]

@@ -98,28 +98,57 @@ class ReadStats:
 
 
 # ---------------------------------------------------------------- inputs
+FORMATS = ("auto", "bert", "prose")
+
+
+def split_format(entry: str) -> tuple[str, str | None]:
+  """'sst2.txt:bert' -> ('sst2.txt', 'bert'): a corpus entry may name its own format, so one
+  file (sentences without terminal punctuation, which `auto` reads as prose) is read as `bert`
+  beside files that keep data.corpus_format. No suffix -> (entry, None)."""
+  head, sep, tail = entry.rpartition(":")
+  if sep and head and tail in FORMATS:
+    return head, tail
+  return entry, None
+
+
 def expand_inputs(corpus: str | list[str]) -> list[str]:
   """Comma-separated globs (or a list of them) -> sorted unique files; each glob must match.
-  A Hugging Face save_to_disk folder stands for its arrow files, in the dataset's order."""
+  A Hugging Face save_to_disk folder stands for its arrow files, in the dataset's order.
+  A `:FORMAT` suffix on a glob (see split_format) is dropped here."""
+  return [path for path, _ in expand_inputs_with_formats(corpus, "auto")]
+
+
+def expand_inputs_with_formats(corpus: str | list[str], default: str) -> list[tuple[str, str]]:
+  """Like expand_inputs, each file with its format: its glob's `:FORMAT` suffix, else
+  `default` (data.corpus_format). The first glob naming a file decides its format."""
   from bertjax.data.records import hf_dataset_files
   globs = corpus.split(",") if isinstance(corpus, str) else list(corpus)
   globs = [g.strip() for g in globs if g.strip()]
   if not globs:
     raise UserError("data.corpus is empty; give comma-separated file globs or tfds:NAME")
   files = []
-  for g in globs:
+  for entry in globs:
+    g, fmt = split_format(entry)
+    fmt = fmt or default
     if os.path.isdir(g):
       hf = hf_dataset_files(g)
       if hf is not None:
-        files += hf
+        files += [(f, fmt) for f in hf]
         continue
       g = os.path.join(g, "**", "*")
     matched = sorted(p for p in glob.glob(os.path.expanduser(g), recursive=True)
                      if os.path.isfile(p))
     if not matched:
       raise UserError(f"data.corpus: {g!r} matches no file; check the path or glob")
-    files += matched
-  return list(dict.fromkeys(files))
+    files += [(p, fmt) for p in matched]
+  return _first_wins(files)
+
+
+def _first_wins(files: list[tuple[str, str]]) -> list[tuple[str, str]]:
+  seen: dict[str, str] = {}
+  for path, fmt in files:
+    seen.setdefault(path, fmt)
+  return list(seen.items())
 
 
 def read_text(path: str, stats: ReadStats | None = None) -> str:

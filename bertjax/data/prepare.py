@@ -50,16 +50,18 @@ def _tasks(data_cfg, stats: corpus.ReadStats) -> tuple:
   fmt = data_cfg.corpus_format
   if fmt not in ("auto", "bert", "prose"):
     raise UserError(f"data.corpus_format={fmt!r}: use auto, bert, prose or tfds")
-  files = corpus.expand_inputs(spec)
+  files = corpus.expand_inputs_with_formats(spec, fmt)
   inputs = []
-  for f in files:
+  for f, f_fmt in files:
     st = os.stat(f)
-    inputs.append([os.path.abspath(f), st.st_size, st.st_mtime_ns])
-  if any(records.record_kind(f) for f in files):   # text-only corpora keep their fingerprint
+    # a file's own `:FORMAT` joins the fingerprint; others keep theirs from before suffixes
+    inputs.append([os.path.abspath(f), st.st_size, st.st_mtime_ns]
+                  + ([f_fmt] if f_fmt != fmt else []))
+  if any(records.record_kind(f) for f, _ in files):   # text-only corpora keep their fingerprint
     if not data_cfg.text_field:
       raise UserError("data.text_field is empty; set it to the field / column holding the text")
     inputs.append({"text_field": data_cfg.text_field, "id_field": data_cfg.id_field})
-  return stream.plan_file_tasks(files, fmt, data_cfg.text_field, data_cfg.id_field, stats), inputs
+  return stream.plan_file_tasks(files, data_cfg.text_field, data_cfg.id_field, stats), inputs
 
 
 def _is_heldout(doc: list[np.ndarray], seed: int, fraction: float) -> bool:

@@ -34,10 +34,11 @@ def _init_worker(tok_path: str, lower: bool):
   _worker_tok = load_tokenizer(tok_path, lower)
 
 
-def plan_file_tasks(files: list[str], fmt: str, text_field: str, id_field: str,
+def plan_file_tasks(files: list[tuple[str, str]], text_field: str, id_field: str,
                     stats: corpus.ReadStats, chunk_bytes: int = 0) -> Iterator[tuple]:
-  """Tasks of `files` in order; record files are cut into chunks lazily (as they are consumed)."""
-  for path in files:
+  """Tasks of `files` ((path, format) pairs, corpus.expand_inputs_with_formats) in order; record
+  files are cut into chunks lazily (as they are consumed)."""
+  for path, fmt in files:
     if records.record_kind(path) is None:
       yield ("file", path, fmt)
       continue

@@ -237,12 +237,12 @@ def train_sentencepiece(inputs: list[str], out_prefix: str, vocab_size: int = 80
     raise UserError(f"--model-type={model_type!r}: use unigram or bpe")
   if vocab_size < len(SPECIALS) + 16:
     raise UserError(f"--vocab-size={vocab_size} is too small; use at least {len(SPECIALS) + 16}")
-  files = corpus.expand_inputs(inputs)
+  files = corpus.expand_inputs_with_formats(inputs, corpus_format)  # `:FORMAT` suffixes too
   stats = corpus.ReadStats()
 
   def sentences():
-    for path in files:
-      for doc in corpus.read_documents(path, corpus_format, stats):
+    for path, fmt in files:
+      for doc in corpus.read_documents(path, fmt, stats):
         yield from doc
 
   os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)

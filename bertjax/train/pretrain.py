@@ -187,7 +187,9 @@ def _check_paths(cfg) -> None:
     raise UserError(f"data.tokenizer={d.tokenizer}: file not found; point it at a SentencePiece "
                     f".model or WordPiece vocab.txt (bertjax tokenizer trains one)")
   if not d.corpus.startswith("tfds:"):
-    missing = [g for g in d.corpus.split(",") if g.strip() and not glob.glob(g.strip())]
+    from bertjax.data.corpus import split_format  # noqa: PLC0415
+    globs = [split_format(g.strip())[0] for g in d.corpus.split(",") if g.strip()]
+    missing = [g for g in globs if not glob.glob(g)]
     if missing:
       raise UserError(f"data.corpus={d.corpus}: no file matches {missing[0]!r}; set "
                       f"--config.data.corpus to a glob of text files (run from the repository "

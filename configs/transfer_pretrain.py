@@ -1,0 +1,40 @@
+"""The from-scratch encoder of the transfer protocol (docs/transfer_protocol.md, issue #18).
+
+The demo recipe (configs/pretrain_demo.py: MLM only, packing, 30% masking, no dropout, WSD, bf16
+where fast, tiny L=2/H=128, batch 32 x 128, the shipped 8,000-piece tokenizer) with only these
+changed: the corpus (every text file of ../shared/data/corpus plus SST-2 train's sentences minus
+the learning-rate selection slice, written by benchmarks/transfer.py as one `bert` file), 40
+minutes of train steps, a 1% held-out split and eval / checkpoint cadence for that length.
+Run through the protocol's runner (it writes the SST-2 file and passes the corpus):
+  .venv/bin/python -m benchmarks.transfer --out runs/transfer --stages pretrain
+"""
+import importlib.util
+import os
+
+S = "../shared/data/corpus"
+SST2_TEXT = "runs/transfer/data/sst2_train_text.txt"   # written by benchmarks/transfer.py
+
+
+def _demo():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_demo.py")
+  spec = importlib.util.spec_from_file_location("pretrain_demo", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def corpus_spec(corpus_dir: str, sst2_text: str) -> str:
+  """All text of the shared corpus (the folder READMEs are not corpus text) + the SST-2 file,
+  read as `bert` (one sentence per document) whatever `auto` would detect."""
+  return ",".join([f"{corpus_dir}/**/*.txt", f"{corpus_dir}/wikitext-2/*.tokens",
+                   f"{sst2_text}:bert"])
+
+
+def get_config():
+  c = _demo().get_config()
+  c.data.corpus = corpus_spec(S, SST2_TEXT)
+  c.data.heldout_fraction = 0.01
+  c.train.budget_minutes = 40
+  c.train.eval_every = 2000
+  c.checkpoint.every_steps = 1000
+  return c
