@@ -196,6 +196,11 @@ def base_config() -> ml_collections.ConfigDict:
   f.batching = "pack"
   f.bucket_lengths = ""                 # bucket: comma-separated lengths ("" = 32, 64, ... doubling
                                         #   below max_seq_length, then max_seq_length)
+  # pack: what one more compiled train-step shape costs, in rows of training. The run's row counts
+  # are chosen from its own batches to minimise compiles x this + rows trained
+  # (batching.plan_row_counts; a MiniLM step on a CPU core compiles in ~10 s, ~160 rows' time).
+  # 0 = fixed row counts (1, 2, 3, 4, 6, 8, 12, ...).
+  f.shape_cost_rows = 160.0
   f.write_predictions = True            # write dev predictions (and test: predict_test) at the end
   f.write_logits = False                # also write each dev split's raw head outputs beside its
                                         #   predictions (<file>.logits.npz: output_0, output_1, ...

@@ -30,6 +30,52 @@ def test_round_rows_few_shapes_little_waste():
   assert batching.round_rows(9, 8) == 16 and batching.round_rows(17, 8) == 24
 
 
+def test_plan_row_counts_trades_compiles_for_rows():
+  needed = [3] * 32 + [4] * 85 + [5] * 8                   # SST-2's first 4,000 rows, batch 32
+  assert batching.plan_row_counts(needed, 1, 160) == (5,)  # one compile beats 141 extra rows
+  assert batching.plan_row_counts(needed, 1, 10) == (3, 4, 5)    # cheap compiles: no waste
+  assert batching.plan_row_counts(needed, 1, 40) == (4, 5)
+  assert batching.plan_row_counts([13] * 100 + [16] * 10, 1, 50) == (13, 16)
+  assert batching.plan_row_counts([3, 5, 9], 4, 0.5) == (4, 8, 12)      # multiples of devices
+  import itertools                                          # the least cost, by brute force
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    needed = list(rng.integers(1, 12, size=40))
+    cost = float(rng.choice([1.0, 8.0, 40.0]))
+    def total(counts):
+      return len(counts) * cost + sum(min(c for c in counts if c >= r) for r in needed)
+    values = sorted(set(needed))
+    best = min(total(set(sub) | {values[-1]}) for n in range(len(values))
+               for sub in itertools.combinations(values[:-1], n))
+    assert total(batching.plan_row_counts(needed, 1, cost)) == pytest.approx(best)
+
+
+def test_planned_rows_follow_the_runs_batches_and_survive_resume():
+  from bertjax.tasks import featurize
+  feats = _toy_features()
+  feats = {k: np.concatenate([v] * 8) for k, v in feats.items()}         # 40 features
+  def batches(cost):
+    it = batching.TrainBatches(feats, featurize.BatchIterator(feats, 8, seed=3),
+                               batching.Batcher("pack", 12, row_multiple=2))
+    return it, it.plan_rows(10, cost)
+  it, counts = batches(1000.0)
+  assert len(counts) == 1 and counts[0] % 2 == 0                        # one shape
+  assert it.order.get_state() == {"epoch": 0, "pos": 0, "seed": 3}      # order untouched
+  got = [next(it) for _ in range(10)]
+  assert {len(b["input_ids"]) for b in got} == set(counts)
+  plain = batching.TrainBatches(feats, featurize.BatchIterator(feats, 8, seed=3),
+                                batching.Batcher("pack", 12, row_multiple=2))
+  for b, p in zip(got, (next(plain) for _ in range(10))):  # only padding rows differ
+    n = len(p["input_ids"])
+    for k in p:
+      np.testing.assert_array_equal(b[k][:min(n, len(b[k]))], p[k][:min(n, len(b[k]))])
+    assert b["example_weight"].sum() == p["example_weight"].sum() == 8
+  resumed, again = batches(1000.0)                          # a resumed run plans the same
+  resumed.set_state(it.get_state())
+  assert again == counts
+  assert batches(0.0)[1] == () and len({len(b["input_ids"]) for b in got}) == 1
+
+
 def test_first_fit_decreasing_places_every_item_within_capacity():
   rng = np.random.default_rng(0)
   lengths = rng.integers(2, 17, size=50)

@@ -411,3 +411,17 @@ def test_best_metric_ignores_missing_and_non_numeric_metrics(tmp_path):
     c.save(4, state, None, metrics={"eval_mlm_acc": float("nan")})
     c.wait()
     assert c.all_steps() == [1, 4]            # the best accuracy (maximised) and the last
+
+
+def test_all_finite_host_and_device_paths_agree():
+  """The save's NaN/Inf check: numpy over host-memory leaves, the jitted reduction otherwise."""
+  import jax.numpy as jnp
+  import numpy as np
+  from bertjax.checkpoint import checkpointer as C
+  good = {"a": jnp.ones((3, 4)), "b": [jnp.zeros(5, jnp.bfloat16), jnp.arange(3)]}
+  for bad_value in (np.nan, np.inf, -np.inf):
+    bad = {"a": jnp.ones((3, 4)).at[2, 1].set(bad_value), "b": good["b"]}
+    assert C._all_finite(good) and not C._all_finite(bad)
+    leaves = [x for x in jax.tree.leaves(bad) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    assert not bool(C._all_finite_jit(leaves))
+  assert all(C._on_host(x) for x in jax.tree.leaves(good))

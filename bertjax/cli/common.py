@@ -38,9 +38,11 @@ def start_runtime(args) -> None:
   temporaries; keeping them avoids ~140k page faults a step: 1.28x faster BERT-mini step, same
   peak RSS, benchmarks/results.md ablation)."""
   from bertjax import distributed
+  from bertjax.hostmem import cpu_only, keep_freed_memory
+  if cpu_only():      # before XLA's threads start (see hostmem.cpu_only)
+    keep_freed_memory()
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   logging.getLogger("absl").setLevel(logging.WARNING)
   import jax
   if jax.default_backend() == "cpu":
-    from bertjax.hostmem import keep_freed_memory
     keep_freed_memory()

@@ -71,6 +71,36 @@ def round_rows(rows: int, multiple: int) -> int:
   return size * multiple
 
 
+def plan_row_counts(needed: list[int], multiple: int, shape_cost_rows: float) -> tuple[int, ...]:
+  """The training batches' packed row counts -> the few row counts to compile.
+
+  needed: rows each batch of the run packs into (first-fit decreasing). Each distinct row count
+  is one more compiled train step, which costs about `shape_cost_rows` rows of training (on a
+  CPU core a MiniLM step compiles in ~10 s, the time of ~160 rows of 128 tokens); each batch
+  runs at the smallest chosen count that holds it. The choice minimises
+  compiles x shape_cost_rows + the rows trained (dynamic programming over the distinct counts,
+  in units of `multiple`); the largest needed count is always chosen."""
+  units = sorted({-(-max(r, 1) // multiple) for r in needed})
+  count = {u: 0 for u in units}
+  for r in needed:
+    count[-(-max(r, 1) // multiple)] += 1
+  # best[j]: the cost of covering units[:j + 1] with units[j] chosen; prev[j]: the choice before
+  best, prev = [], []
+  for j, u in enumerate(units):
+    options = []
+    for i in range(-1, j):                       # units[i] the previous chosen count (-1: none)
+      rows = sum(count[units[l]] for l in range(i + 1, j + 1)) * u
+      options.append(((best[i] if i >= 0 else 0.0) + shape_cost_rows + rows, i))
+    cost, i = min(options)
+    best.append(cost)
+    prev.append(i)
+  chosen, j = [], len(units) - 1
+  while j >= 0:
+    chosen.append(units[j] * multiple)
+    j = prev[j]
+  return tuple(sorted(chosen))
+
+
 def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
   """Bins of at most `capacity` tokens: longest first, each into the first bin it fits.
   -> per bin, the positions (into `lengths`) it holds, in placement order."""
@@ -110,6 +140,18 @@ class Batcher:
     self.mode, self.max_len, self.row_multiple = mode, max_len, row_multiple
     self.buckets = tuple(buckets) or (max_len,)
     self.slots = max_len // 2                                   # K
+    self.row_counts: tuple[int, ...] = ()   # pack: planned counts (plan_row_counts); () = round_rows
+
+  def rows_for(self, bins: int) -> int:
+    """Packed rows for a batch of `bins` rows: the smallest planned count that holds it, else
+    `round_rows`."""
+    return next((r for r in self.row_counts if r >= bins), None) or round_rows(bins,
+                                                                              self.row_multiple)
+
+  def bins_needed(self, feats: dict, idx: np.ndarray) -> int:
+    """Rows the features `idx` pack into (no arrays built)."""
+    lengths = feats["input_mask"][np.asarray(idx, np.int64)].sum(1).astype(np.int64)
+    return len(first_fit_decreasing(lengths, self.max_len))
 
   def length_of(self, longest: int) -> int:
     if self.mode == "bucket":
@@ -138,7 +180,7 @@ class Batcher:
   def _packed(self, feats, idx, lengths, rows, bins):
     s, k_slots = self.max_len, self.slots
     bins = bins if bins is not None else first_fit_decreasing(lengths, s)
-    r = rows or round_rows(len(bins), self.row_multiple)
+    r = rows or self.rows_for(len(bins))
     assert len(bins) <= r, (len(bins), r)
     n = len(idx)
     row, slot, offset = (np.zeros(n, np.int64) for _ in range(3))
@@ -231,6 +273,22 @@ class TrainBatches:
                process_count: int = 1):
     self.features, self.order, self.batcher = features, order, batcher
     self.process_index, self.process_count = process_index, process_count
+
+  def plan_rows(self, steps: int, shape_cost_rows: float) -> tuple[int, ...]:
+    """pack: choose the batcher's row counts from the run's own first `steps` batches (the
+    order from its start state, so a resumed run plans the same shapes); the order is left
+    where it was. -> the chosen counts (() when not packing or shape_cost_rows <= 0)."""
+    if self.batcher.mode != "pack" or shape_cost_rows <= 0 or steps <= 0:
+      return ()
+    saved = self.order.get_state()
+    try:
+      needed = [self.batcher.bins_needed(self.features, self.order.next_indices())
+                for _ in range(steps)]
+    finally:
+      self.order.set_state(saved)
+    self.batcher.row_counts = plan_row_counts(needed, self.batcher.row_multiple,
+                                              shape_cost_rows)
+    return self.batcher.row_counts
 
   def __iter__(self):
     return self

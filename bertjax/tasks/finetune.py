@@ -39,6 +39,9 @@ from bertjax.weights import warm_start
 
 # Model inputs of packed rows only (bertjax.tasks.batching).
 PACKED_INPUTS = ("position_ids", "cls_positions")
+# Training batches whose packed row counts choose the compiled shapes (a few ms of host work per
+# hundred batches).
+PLAN_STEPS = 5000
 
 
 # --------------------------------------------------------------- loading the starting point
@@ -259,6 +262,9 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
       train_arrays, order,
       batching.Batcher(f.batching, f.max_seq_length, buckets, n_dev * t.grad_accum_steps),
       process_index=jax.process_index(), process_count=jax.process_count())
+  # Compiles are a large share of a short job: the run's few row counts come from its batches
+  # (the first PLAN_STEPS; a later batch that needs more rows rounds up as before).
+  it.plan_rows(min(t.num_steps, PLAN_STEPS), f.get("shape_cost_rows", 0.0))
 
   def init_params(rng, example):
     packed = {k: example[k] for k in PACKED_INPUTS if k in example}
