@@ -33,6 +33,8 @@ import sys
 import time
 
 from benchmarks import transfer_protocol as tp
+from bertjax.config import config_module
+from bertjax.config_steps import ARCH_FIELDS
 from bertjax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -40,15 +42,9 @@ STAGES = ("pretrain", "scratch-1000", "probe-1000", "minilm", "scratch-8000", "p
           "scratch-all", "probe-all")
 ALIASES = {"probe": ("probe-1000", "probe-8000", "probe-all"),
            "scratch": ("scratch-1000", "scratch-8000", "scratch-all")}
-# Every model field a checkpoint carries (bertjax.config_steps.ARCH_FIELDS): the random arm
-# takes all of them from the pretrained bundle, so the two arms differ only in their weights.
-MODEL_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
-                "initializer_range", "layer_norm_eps", "hidden_dropout_prob",
-                "attention_probs_dropout_prob")
-# Fine-tuning dropout, pinned for every arm: the from-scratch bundle and the TAPT export carry
-# the demo recipe's 0.0, MiniLM as imported 0.1, and a checkpoint's value wins over an override
-# equal to the config default (0.1); 0.0 is the one value every arm can be given.
+# Fine-tuning dropout, pinned for every arm (the protocol's choice): the from-scratch bundle and
+# the TAPT export carry the demo recipe's 0.0, MiniLM as imported 0.1; one value for all arms so
+# the arms of each comparison differ only in their weights.
 FINETUNE_DROPOUT = 0.0
 
 
@@ -155,7 +151,7 @@ class Runner:
   # --- pretraining
   def pretrain(self) -> dict:
     a = self.a
-    spec_mod = _load_config_module(REPO / "configs" / "transfer_pretrain.py")
+    spec_mod = config_module(str(REPO / "configs" / "transfer_pretrain.py"))
     cmd = [bertjax_bin(), "pretrain", "--config", str(REPO / "configs" / "transfer_pretrain.py"),
            "--workdir", os.path.join(self.out, "pretrain"), "--no-progress",
            "--config.data.corpus=" + spec_mod.corpus_spec(
@@ -183,7 +179,7 @@ class Runner:
            f"--config.train.eval_every={steps}", f"--config.checkpoint.every_steps={steps}",
            f"--config.train.log_every={max(1, min(50, steps))}"]
     # MiniLM's architecture; dropout stays the demo recipe's 0.0
-    cmd += [f"--config.model.{k}={hf[k]}" for k in MODEL_FIELDS
+    cmd += [f"--config.model.{k}={hf[k]}" for k in ARCH_FIELDS
             if k in hf and "dropout" not in k]
     return run_cached(cmd, os.path.join(self.out, "minilm", "tapt"), pretrain_summary)
 
@@ -213,7 +209,7 @@ class Runner:
     if arm_model is None:
       return cmd + ["--init", init]
     # random init: the pretrained bundle's model and tokenizer, no weights
-    return cmd + [f"--config.model.{k}={arm_model['model'][k]}" for k in MODEL_FIELDS
+    return cmd + [f"--config.model.{k}={arm_model['model'][k]}" for k in ARCH_FIELDS
                   if k not in ("hidden_dropout_prob", "attention_probs_dropout_prob")] + [
         f"--config.data.tokenizer={arm_model['tokenizer']}",
         f"--config.data.do_lower_case={str(arm_model['lower']).lower()}"]
@@ -265,13 +261,6 @@ class Runner:
   @property
   def seeds(self) -> list[int]:
     return [int(s) for s in self.a.seeds.split(",")]
-
-
-def _load_config_module(path):
-  spec = importlib.util.spec_from_file_location("transfer_pretrain_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 # ---------------------------------------------------------------- record and table

@@ -340,10 +340,9 @@ def split_config_arg(path: str) -> tuple[str, str | None]:
   return path, None
 
 
-def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """Load `path` (a Python file with get_config(), or `file.py:arg` for get_config(arg)) and
-  apply `key=value` overrides."""
-  path, arg = split_config_arg(path)
+def config_module(path: str):
+  """The Python module of config file `path` (for load_config, and for a config built on
+  another one's get_config)."""
   if not os.path.isfile(path):
     raise UserError(f"config file not found: {path}")
   spec = importlib.util.spec_from_file_location(f"_bertjax_config_{abs(hash(path))}", path)
@@ -354,6 +353,14 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     raise
   except Exception as e:  # a broken config file is the user's to fix: name it
     raise UserError(f"{path}: failed to load: {type(e).__name__}: {e}") from None
+  return module
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Load `path` (a Python file with get_config(), or `file.py:arg` for get_config(arg)) and
+  apply `key=value` overrides."""
+  path, arg = split_config_arg(path)
+  module = config_module(path)
   if not hasattr(module, "get_config"):
     raise UserError(f"{path}: defines no get_config()")
   if arg is None:

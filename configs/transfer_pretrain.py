@@ -8,19 +8,17 @@ minutes of train steps, a 1% held-out split and eval / checkpoint cadence for th
 Run through the protocol's runner (it writes the SST-2 file and passes the corpus):
   .venv/bin/python -m benchmarks.transfer --out runs/transfer --stages pretrain
 """
-import importlib.util
 import os
+
+from bertjax.config import config_module
 
 S = "../shared/data/corpus"
 SST2_TEXT = "runs/transfer/data/sst2_train_text.txt"   # written by benchmarks/transfer.py
 
 
 def _demo():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_demo.py")
-  spec = importlib.util.spec_from_file_location("pretrain_demo", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    "pretrain_demo.py"))
 
 
 def corpus_spec(corpus_dir: str, sst2_text: str) -> str:

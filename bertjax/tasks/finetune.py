@@ -264,7 +264,7 @@ def build(cfg: ml_collections.ConfigDict, *, mesh=None, tokenizer=None) -> Finet
       process_index=jax.process_index(), process_count=jax.process_count())
   # Compiles are a large share of a short job: the run's few row counts come from its batches
   # (the first PLAN_STEPS; a later batch that needs more rows rounds up as before).
-  it.plan_rows(min(t.num_steps, PLAN_STEPS), f.get("shape_cost_rows", 0.0))
+  it.plan_rows(min(t.num_steps, PLAN_STEPS), f.shape_cost_rows)
 
   def init_params(rng, example):
     packed = {k: example[k] for k in PACKED_INPUTS if k in example}
