@@ -137,10 +137,10 @@ def _train_step(task, cfg, mesh, spec: dict):
 
 def pretrain_steps(cfg, mesh) -> list:
   """[(label, StepFn, abstract state, abstract batch, formula FLOPs)] per pretraining phase."""
-  from bertjax.train.pretrain import batch_spec, phase_shapes, pretrain_task
+  from bertjax.train.pretrain import batch_spec, phase_shapes, pretrain_task, two_phase
   task = pretrain_task(cfg, synthetic=True)
   out = []
-  for phase in ([0, 1] if cfg.train.phase2_start else [0]):
+  for phase in ([0, 1] if two_phase(cfg) else [0]):
     b, s, p = phase_shapes(cfg, phase)
     spec = batch_spec(cfg, phase)
     step, state, batch = _train_step(task, cfg, mesh, spec)

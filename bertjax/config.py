@@ -130,6 +130,9 @@ def base_config() -> ml_collections.ConfigDict:
   t.budget_minutes = 0.0                # > 0: num_steps = train-step minutes / measured step time
   # Two-phase training as BERT did: steps after `phase2_start` use phase2 shapes (0 = one phase).
   t.phase2_start = 0
+  # Or the second phase's start as a share of the steps (0 = use phase2_start): phase 2 from
+  # step round(fraction x num_steps), num_steps after any budget (which covers both phases).
+  t.phase2_fraction = 0.0
   t.phase2_max_seq_length = 512
   t.phase2_max_predictions_per_seq = 80
   t.phase2_global_batch_size = 0        # 0 = same as phase 1
@@ -219,7 +222,7 @@ RESUME_KEYS = (
     "data.corpus_format", "data.do_lower_case", "data.heldout_fraction", "data.max_seq_length",
     "data.max_predictions_per_seq", "data.masked_lm_prob", "data.short_seq_prob",
     "data.whole_word_masking", "data.seed",
-    "train.global_batch_size", "train.seed", "train.phase2_start",
+    "train.global_batch_size", "train.seed", "train.phase2_start", "train.phase2_fraction",
     "train.phase2_max_seq_length", "train.phase2_max_predictions_per_seq",
     "train.phase2_global_batch_size",
     "optim.name",
@@ -397,6 +400,14 @@ def check_known_keys(cfg: ml_collections.ConfigDict, path: str = "config") -> No
       raise UserError(f"{path}: unknown config key {key}{hint}")
 
 
+def phase2_start(tcfg) -> int:
+  """The first step of phase 2 (0 = one phase): train.phase2_start, or round(phase2_fraction x
+  num_steps) -- computed, never written back, so a resumed run given more steps (a larger
+  budget) moves phase 2 with them instead of failing the checkpoint's config check."""
+  fraction = tcfg.get("phase2_fraction", 0.0)
+  return max(1, int(round(fraction * tcfg.num_steps))) if fraction > 0 else int(tcfg.phase2_start)
+
+
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Cheap consistency checks run before any compilation; each names the field and the fix."""
   m, d, t = cfg.model, cfg.data, cfg.train
@@ -414,7 +425,14 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
   if m.hidden_act != "gelu":
     raise UserError(f"model.hidden_act={m.hidden_act!r}: bertjax implements BERT's exact GELU only; "
                     "use gelu")
-  seqs = [d.max_seq_length] + ([t.phase2_max_seq_length] if t.phase2_start else [])
+  if not 0.0 <= t.phase2_fraction < 1.0:
+    raise UserError(f"train.phase2_fraction={t.phase2_fraction}: use a share of the steps in "
+                    "[0, 1) (0 = train.phase2_start decides)")
+  if t.phase2_fraction and t.phase2_start:
+    raise UserError(f"train.phase2_start={t.phase2_start} and train.phase2_fraction="
+                    f"{t.phase2_fraction} both set: keep one")
+  two_phase = bool(t.phase2_start or t.phase2_fraction)
+  seqs = [d.max_seq_length] + ([t.phase2_max_seq_length] if two_phase else [])
   for s in seqs:
     if s > m.max_position_embeddings:
       raise UserError(f"sequence length {s} exceeds model.max_position_embeddings="
@@ -426,14 +444,14 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     raise UserError("train.grad_accum_steps must be >= 1")
   if num_devices:
     batches = [t.global_batch_size] + ([t.phase2_global_batch_size]
-                                       if t.phase2_start and t.phase2_global_batch_size else [])
+                                       if two_phase and t.phase2_global_batch_size else [])
     for b in batches:
       if b % (num_devices * t.grad_accum_steps):
         raise UserError(
             f"train.global_batch_size={b} is not divisible by devices ({num_devices}) x "
             f"train.grad_accum_steps ({t.grad_accum_steps}); use a multiple of "
             f"{num_devices * t.grad_accum_steps}")
-  if t.phase2_start and t.phase2_max_predictions_per_seq > t.phase2_max_seq_length:
+  if two_phase and t.phase2_max_predictions_per_seq > t.phase2_max_seq_length:
     raise UserError("train.phase2_max_predictions_per_seq exceeds train.phase2_max_seq_length")
   if t.num_steps < 1 or t.log_every < 1:
     raise UserError("train.num_steps and train.log_every must be >= 1")

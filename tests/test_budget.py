@@ -112,3 +112,79 @@ def test_budget_resume_keeps_the_schedule(tmp_path):
     f.write("{not json")
   with pytest.raises(UserError, match=BUDGET_FILE):
     resolve_budget(_tiny_mlm_cfg(), wd, measure=lambda c: 6.0)
+
+
+def _two_phase_cfg(**train):
+  """The tiny MLM config with a short-row first phase: S=8 x 32 rows, then S=16 x 16 rows."""
+  c = _tiny_mlm_cfg()
+  c.data.max_seq_length, c.train.global_batch_size = 8, 32
+  c.train.phase2_max_seq_length, c.train.phase2_global_batch_size = 16, 16
+  c.train.phase2_max_predictions_per_seq = 4
+  for k, v in train.items():
+    c.train[k] = v
+  return c
+
+
+def _by_phase(c):  # a fake step-time probe: 1 s on phase-1 rows, 3 s on phase-2 rows
+  assert not c.train.phase2_start and not c.train.phase2_fraction   # one phase per probe
+  return {8: 1.0, 16: 3.0}[c.data.max_seq_length]
+
+
+def test_two_phase_budget_spends_the_minutes_over_both_phases(tmp_path):
+  # A quarter of the steps at 1 s, the rest at 3 s: 60 s / (0.25 x 1 + 0.75 x 3) = 24 steps,
+  # phase 2 from step 6.
+  cfg = _two_phase_cfg(phase2_fraction=0.25)
+  rec = resolve_budget(cfg, str(tmp_path / "a"), measure=_by_phase)
+  assert cfg.train.num_steps == 24 and rec["step_seconds"] == [1.0, 3.0]
+  assert config_lib.phase2_start(cfg.train) == 6 and cfg.train.phase2_start == 0
+  # A resume reads the steps back (a faster machine changes nothing), so the start holds too.
+  again = _two_phase_cfg(phase2_fraction=0.25)
+  resolve_budget(again, str(tmp_path / "a"), measure=lambda c: 0.1)
+  assert (again.train.num_steps, config_lib.phase2_start(again.train)) == (24, 6)
+  # A larger budget on resume: more steps, and phase 2 moves with them (the config a checkpoint
+  # is checked against holds the fraction, not a start).
+  more = _two_phase_cfg(phase2_fraction=0.25, budget_minutes=2.0)
+  resolve_budget(more, str(tmp_path / "a"), measure=_by_phase)
+  assert (more.train.num_steps, config_lib.phase2_start(more.train)) == (48, 12)
+  assert config_lib.resume_values(more) == config_lib.resume_values(cfg)
+
+  # A fixed start: 10 steps at 1 s, then (60 - 10) / 3 = 16 more; a budget that ends inside
+  # phase 1 is all phase-1 steps.
+  fixed = _two_phase_cfg(phase2_start=10)
+  resolve_budget(fixed, str(tmp_path / "b"), measure=_by_phase)
+  assert fixed.train.num_steps == 26
+  late = _two_phase_cfg(phase2_start=100)
+  resolve_budget(late, str(tmp_path / "c"), measure=_by_phase)
+  assert late.train.num_steps == 60
+  # Tokens: phase 1 has 256 slots a step, phase 2 256 too: 2,560 tokens -> 10 steps.
+  tok = _two_phase_cfg(phase2_fraction=0.5, budget_minutes=0.0, budget_tokens=2560)
+  resolve_budget(tok, str(tmp_path / "d"), measure=_by_phase)
+  assert tok.train.num_steps == 10
+
+
+def test_phase2_fraction_is_validated():
+  for bad in (1.0, -0.1):
+    with pytest.raises(UserError, match="train.phase2_fraction"):
+      config_lib.validate(_two_phase_cfg(phase2_fraction=bad))
+  with pytest.raises(UserError, match="both set"):
+    config_lib.validate(_two_phase_cfg(phase2_fraction=0.5, phase2_start=3))
+  # phase 2's sequence length is checked against the position table once a fraction is set
+  with pytest.raises(UserError, match="max_position_embeddings"):
+    config_lib.validate(_two_phase_cfg(phase2_fraction=0.5, phase2_max_seq_length=32))
+
+
+def test_a_short_row_first_phase_is_evaluated_and_scored_at_the_final_shapes(tmp_path):
+  from bertjax.train.score import _scoring_config
+  cfg = _two_phase_cfg(phase2_fraction=0.5, budget_minutes=0.0, num_steps=4, eval_batches=2)
+  task = pretrain_task(cfg, synthetic=True)
+  assert task.make_phase2_iter is not None and config_lib.phase2_start(cfg.train) == 2
+  batches = task.eval_batches()
+  assert len(batches) == 2
+  assert batches[0]["input_ids"].shape == (16, 16)   # phase 2's 16 rows of 16, not 32 x 8
+  assert next(task.train_iter)["input_ids"].shape == (32, 8)
+  scoring = _scoring_config(cfg, str(tmp_path), 0.15, None, None, None)
+  assert (scoring.data.max_seq_length, scoring.train.global_batch_size) == (16, 16)
+  assert not scoring.train.phase2_start and not scoring.train.phase2_fraction
+  # the whole run, through both phases' shapes (phase 2 from step 2)
+  out = train(pretrain_task(cfg, synthetic=True), cfg, str(tmp_path / "run"), progress=False)
+  assert out["steps"] == 4

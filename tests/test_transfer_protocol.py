@@ -122,7 +122,11 @@ def test_pretrain_config_is_the_demo_recipe_but_corpus_budget_and_cadence():
   demo = flat(load_config(str(configs / "pretrain_demo.py")).to_dict())
   ours = flat(load_config(str(configs / "transfer_pretrain.py")).to_dict())
   changed = {k for k in demo if demo[k] != ours[k]}
+  # ... and the demo's short-row first phase, added after the protocol was fixed and run
   assert changed == {"data.corpus", "data.heldout_fraction", "train.budget_minutes",
-                     "train.eval_every", "checkpoint.every_steps"}
+                     "train.eval_every", "checkpoint.every_steps", "data.max_seq_length",
+                     "train.global_batch_size", "train.phase2_fraction"}
+  assert (ours["data.max_seq_length"], ours["train.global_batch_size"],
+          ours["train.phase2_fraction"]) == (128, 32, 0.0)
   assert ours["train.budget_minutes"] == 40 and ours["data.heldout_fraction"] == 0.01
   assert ours["data.corpus"].endswith("sst2_train_text.txt:bert")

@@ -23,7 +23,7 @@ import jax
 
 from bertjax import sharding as shd
 from bertjax.checkpoint import Checkpointer
-from bertjax.config import resume_values, validate
+from bertjax.config import phase2_start, resume_values, validate
 from bertjax.data.tokenizer import checkpoint_tokenizer
 from bertjax.errors import UserError
 from bertjax.train import metrics as mlib
@@ -234,7 +234,7 @@ def train(task: TrainTask, cfg, workdir: str, *, mesh=None, progress: bool = Tru
   say = lambda msg: print(f"[{task.name}] {msg}", flush=True) if is_main else None
 
   # 2. optimizer and state layout (shapes come from the first batch; it is trained on, not lost)
-  data = PhasedData(task, t.phase2_start)
+  data = PhasedData(task, phase2_start(t))
   try:
     first = next(data)
   except StopIteration:

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bertjax.config import phase2_start
 from bertjax.data.masking import derived_max_predictions
 from bertjax.errors import UserError
 from bertjax.losses import (pretraining_denominators, pretraining_sums, weighted_accuracy,
@@ -65,6 +66,27 @@ def phase_shapes(cfg, phase: int) -> tuple[int, int, int]:
 
 def uses_nsp(cfg) -> bool:
   return cfg.data.objective == "nsp"
+
+
+def two_phase(cfg) -> bool:
+  return phase2_start(cfg.train) > 0
+
+
+def final_phase(cfg) -> int:
+  """The phase whose shapes the run ends with: held-out rows are scored at them (a run that
+  starts on short rows is judged at the length it is trained for)."""
+  return 1 if two_phase(cfg) else 0
+
+
+def as_one_phase(cfg, phase: int):
+  """A copy of cfg training one phase with the shapes of `phase` (budget probes, scoring)."""
+  import copy
+  c = copy.deepcopy(cfg)
+  b, s, p = phase_shapes(cfg, phase)
+  with c.unlocked():
+    c.train.global_batch_size, c.data.max_seq_length, c.data.max_predictions_per_seq = b, s, p
+    c.train.phase2_start, c.train.phase2_fraction = 0, 0.0
+  return c
 
 
 def batch_spec(cfg, phase: int = 0, batch: Optional[int] = None) -> dict:
@@ -216,7 +238,7 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
   if synthetic:
     train_iter = SyntheticIterator(cfg, 0, t.seed, pi, pc)
     phase2 = lambda: SyntheticIterator(cfg, 1, t.seed + 1, pi, pc)
-    eval_batches = lambda: [next(SyntheticIterator(cfg, 0, t.seed + 2, pi, pc))
+    eval_batches = lambda: [next(SyntheticIterator(cfg, final_phase(cfg), t.seed + 2, pi, pc))
                             for _ in range(t.eval_batches)]
   else:
     from bertjax.data.pipeline import make_pretrain_iterator
@@ -242,7 +264,7 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
       b, s, p = phase_shapes(cfg, phase)
       rates = (dict(masked_lm_prob=d.eval_masked_lm_prob) if evaluation else
                dict(masked_lm_prob=d.masked_lm_prob, masked_lm_prob_end=d.masked_lm_prob_end,
-                    schedule_steps=t.num_steps, step_offset=t.phase2_start if phase else 0))
+                    schedule_steps=t.num_steps, step_offset=phase2_start(t) if phase else 0))
       return make_pretrain_iterator(
           prepared, split, global_batch_size=b, max_seq_length=s, max_predictions_per_seq=p,
           short_seq_prob=d.short_seq_prob, whole_word_masking=d.whole_word_masking, seed=seed,
@@ -259,7 +281,7 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
           print(f"[pretrain] {prepared} has no held-out documents (data.heldout_fraction="
                 f"{d.heldout_fraction}): evaluation skipped", flush=True)
         return []
-      it = iterator("heldout", 0, d.seed + 2, evaluation=True)
+      it = iterator("heldout", final_phase(cfg), d.seed + 2, evaluation=True)
       out = []
       for _ in range(t.eval_batches):
         try:
@@ -288,7 +310,7 @@ def pretrain_task(cfg, workdir: str = "", *, synthetic: bool = False,
       train_iter=train_iter,
       loss_denominators=pretraining_denominators if uses_nsp(cfg) else mlm_denominators,
       eval_batches=eval_batches, eval_metrics_fn=eval_metrics_fn,
-      make_phase2_iter=phase2 if t.phase2_start else None, flops_per_step=flops,
+      make_phase2_iter=phase2 if two_phase(cfg) else None, flops_per_step=flops,
       load_pretrained=warm_start(init_from) if init_from else None,
       tokenizer_identity=tok_identity)
 
@@ -353,13 +375,28 @@ def measure_step_seconds(cfg, steps: int = 12, warmup: int = 4) -> float:
   return (time.perf_counter() - t0) / steps
 
 
+def _phased_steps(budget: float, cost: tuple, start: int, fraction: float, ceil: bool) -> int:
+  """Steps whose summed cost (seconds or tokens; cost = per step of phase 1, phase 2) fits
+  `budget`: the second phase from step `start`, or from round(fraction x steps)."""
+  c1, c2 = cost
+  if fraction > 0:
+    n = budget / (fraction * c1 + (1.0 - fraction) * c2)
+  elif budget <= start * c1:            # the budget ends inside phase 1
+    n = budget / c1
+  else:
+    n = start + (budget - start * c1) / c2
+  return max(1, -int(-n // 1) if ceil else int(n))
+
+
 def resolve_budget(cfg, workdir: str, measure=measure_step_seconds) -> Optional[dict]:
   """Set train.num_steps from train.budget_tokens / budget_minutes (no budget: nothing).
 
-  The first run resolves it (minutes: from a measured step time, on process 0) and writes
+  The first run resolves it (minutes: from measured step times, on process 0) and writes
   WORKDIR/budget.json; a later run of the workdir with the same budget reads num_steps back,
-  so a resume keeps its schedules even on a faster or slower machine. Tokens count the
-  phase-1 token slots of a step (global batch x S). Returns the budget record."""
+  so a resume keeps its schedules even on a faster or slower machine. Tokens count the token
+  slots of each step (global batch x S). A two-phase run measures both phases' steps and
+  spends the budget over both (with train.phase2_fraction, phase 2 starts at that share of
+  the resolved steps). Returns the budget record."""
   from bertjax.optim import budget_steps
   t = cfg.train
   if not (t.budget_tokens > 0 or t.budget_minutes > 0):
@@ -367,6 +404,11 @@ def resolve_budget(cfg, workdir: str, measure=measure_step_seconds) -> Optional[
   b, s, _ = phase_shapes(cfg, 0)
   key = {"budget_tokens": int(t.budget_tokens), "budget_minutes": float(t.budget_minutes),
          "global_batch_size": b, "max_seq_length": s}
+  phases = [0, 1] if two_phase(cfg) else [0]
+  if len(phases) == 2:
+    b2, s2, _ = phase_shapes(cfg, 1)
+    key.update(phase2_start=int(t.phase2_start), phase2_fraction=float(t.phase2_fraction),
+               phase2_global_batch_size=b2, phase2_max_seq_length=s2)
   path = os.path.join(workdir, BUDGET_FILE)
   is_main = jax.process_index() == 0
   if os.path.isfile(path):
@@ -385,20 +427,33 @@ def resolve_budget(cfg, workdir: str, measure=measure_step_seconds) -> Optional[
             "resolving it again: the schedules change length", flush=True)
   seconds = None
   if t.budget_minutes > 0:
-    seconds = measure(cfg) if is_main else 0.0
+    seconds = [measure(as_one_phase(cfg, ph) if len(phases) == 2 else cfg) if is_main else 0.0
+               for ph in phases]
     if jax.process_count() > 1:  # every host must run the same number of steps
       from jax.experimental import multihost_utils
-      seconds = float(multihost_utils.broadcast_one_to_all(np.float64(seconds)))
-  record = {"budget": key, "num_steps": budget_steps(t, b * s, seconds),
-            "step_seconds": seconds}
-  t.num_steps = record["num_steps"]
+      seconds = [float(v) for v in
+                 multihost_utils.broadcast_one_to_all(np.asarray(seconds, np.float64))]
+  if len(phases) == 1:
+    steps = budget_steps(t, b * s, seconds[0] if seconds else None)
+  elif t.budget_tokens > 0:
+    steps = _phased_steps(t.budget_tokens, (b * s, b2 * s2), t.phase2_start,
+                          t.phase2_fraction, ceil=True)
+  else:
+    steps = _phased_steps(t.budget_minutes * 60.0, tuple(seconds), t.phase2_start,
+                          t.phase2_fraction, ceil=False)
+  record = {"budget": key, "num_steps": steps,
+            "step_seconds": seconds[0] if seconds and len(seconds) == 1 else seconds}
+  t.num_steps = steps
   if is_main:
     os.makedirs(workdir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
       json.dump(record, f, indent=1)
     os.replace(path + ".tmp", path)
+    per = " + ".join(f"{v:.3f}" for v in seconds) if seconds else ""
     how = (f"{t.budget_tokens} tokens / {b * s} per step" if t.budget_tokens > 0 else
-           f"{t.budget_minutes} min / {seconds:.3f} s per step")
+           f"{t.budget_minutes} min / {per} s per step")
+    if len(phases) == 2:
+      how += f" (phases 1 + 2)"
     print(f"[pretrain] budget: {how} -> train.num_steps={t.num_steps} (kept in {path})",
           flush=True)
   return record

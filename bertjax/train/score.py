@@ -26,7 +26,9 @@ def _scoring_config(cfg, prepared_dir: str, masked_lm_prob: float, eval_batches:
                     seed: Optional[int], batch_size: Optional[int], mask_only: bool = False):
   """cfg (a run's) -> the config whose eval batches are the MLM objective's held-out rows."""
   from bertjax.data.masking import derived_max_predictions
-  c = copy.deepcopy(cfg)
+  from bertjax.train.pretrain import as_one_phase, final_phase
+  # A two-phase run is scored at the shapes it ends with (its held-out evaluation's).
+  c = as_one_phase(cfg, final_phase(cfg)) if final_phase(cfg) else copy.deepcopy(cfg)
   with c.unlocked():
     c.data.objective = "mlm"
     c.data.prepared_dir = os.path.abspath(prepared_dir)
@@ -37,7 +39,6 @@ def _scoring_config(cfg, prepared_dir: str, masked_lm_prob: float, eval_batches:
     # the prediction slots would differ.
     c.data.max_predictions_per_seq = derived_max_predictions(masked_lm_prob,
                                                              c.data.max_seq_length)
-    c.train.phase2_start = 0
     if mask_only:  # the same positions and labels (drawn before the 80/10/10 action), all [MASK]
       c.data.mask_token_prob, c.data.random_token_prob = 1.0, 0.0
     if eval_batches is not None:
