@@ -166,7 +166,9 @@ class Runner:
     with open(os.path.join(m, "config.json")) as f:
       hf = json.load(f)
     steps = a.tapt_steps
-    cmd = [bertjax_bin(), "pretrain", "--config", str(REPO / "configs" / "pretrain_demo.py"),
+    # The protocol's recipe (configs/transfer_pretrain.py: the demo's as it was fixed, one
+    # phase), every field it sets for the from-scratch run overridden here.
+    cmd = [bertjax_bin(), "pretrain", "--config", str(REPO / "configs" / "transfer_pretrain.py"),
            "--workdir", os.path.join(self.out, "minilm", "tapt"), "--init-from", m,
            "--no-progress",
            f"--config.data.corpus={self.sets['pretrain_text']['path']}:bert",

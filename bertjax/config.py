@@ -228,17 +228,27 @@ RESUME_KEYS = (
     "optim.name",
 )
 
+PHASE2_SHAPES = ("train.phase2_max_seq_length", "train.phase2_max_predictions_per_seq",
+                 "train.phase2_global_batch_size")
+# Fields added to RESUME_KEYS after checkpoints were written without them: absent = this value.
+RESUME_ADDED = {"train.phase2_fraction": 0.0}
+
 
 def resume_values(cfg) -> dict:
   """{field: value} of `RESUME_KEYS` in `cfg` (a ConfigDict or dict; "<absent>" for a field it
-  lacks): what the trainer hands the Checkpointer to compare with a checkpoint's config."""
+  lacks): what the trainer hands the Checkpointer to compare with a checkpoint's config, whose
+  saved config is read through this function too."""
   d = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
   out = {}
   for key in RESUME_KEYS:
     v = d
     for part in key.split("."):
-      v = v[part] if isinstance(v, dict) and part in v else "<absent>"
+      v = v[part] if isinstance(v, dict) and part in v else RESUME_ADDED.get(key, "<absent>")
     out[key] = v
+  if not (out["train.phase2_start"] or out["train.phase2_fraction"]):
+    # one phase: the second phase's shapes never apply, so they need not match
+    for key in PHASE2_SHAPES:
+      out[key] = "<one phase>"
   return out
 
 

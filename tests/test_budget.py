@@ -188,3 +188,16 @@ def test_a_short_row_first_phase_is_evaluated_and_scored_at_the_final_shapes(tmp
   # the whole run, through both phases' shapes (phase 2 from step 2)
   out = train(pretrain_task(cfg, synthetic=True), cfg, str(tmp_path / "run"), progress=False)
   assert out["steps"] == 4
+
+
+def test_resume_values_compare_only_what_the_runs_use():
+  from bertjax.checkpoint import compat
+  rv = config_lib.resume_values
+  old = _tiny_mlm_cfg().to_dict()
+  del old["train"]["phase2_fraction"]             # a checkpoint written before the field
+  one = _tiny_mlm_cfg()
+  one.train.phase2_max_seq_length = 16            # phase 2 off: its shapes do not matter
+  assert compat.value_diffs(rv(old), rv(one)) == []
+  diffs = compat.value_diffs(rv(old), rv(_two_phase_cfg(phase2_fraction=0.5)))
+  assert {d.split(":")[0] for d in diffs} >= {"train.phase2_fraction",
+                                              "train.phase2_max_seq_length"}

@@ -104,6 +104,8 @@ class Checkpointer:
     resume_values: {dotted config field: value} a resume must keep
       (`bertjax.config.resume_values`); `restore` compares them with the checkpoint's config
       and names each difference in a `UserError`.
+      The saved config is read through the same function, so both sides are normalised alike
+      (a field a checkpoint predates, the shapes of a phase neither run has).
     tokenizer_identity: dict identifying the run's tokenizer (`bertjax.data.tokenizer`),
       saved and compared the same way.
     tokenizer_files: its files, copied into WORKDIR/tokenizer/ once, so an export works even
@@ -330,7 +332,9 @@ class Checkpointer:
     meta = self.read_meta(step)
     diffs = []
     if self.resume_values and meta.get("config") is not None:
-      diffs += compat.value_diffs(meta["config"], self.resume_values)
+      from bertjax.config import resume_values  # noqa: PLC0415 (config imports no checkpoint)
+      diffs += compat.value_diffs(compat.to_json(resume_values(meta["config"])),
+                                  self.resume_values)
     diffs += compat.tokenizer_diffs(meta.get("tokenizer"), self._tokenizer, self._tokenizer_path)
     if diffs:
       raise UserError(

@@ -36,10 +36,10 @@ def get(d: dict, dotted: str):
 
 def value_diffs(saved_config: dict, values: dict) -> list[str]:
   """'key: checkpoint X, now Y' for each of `values` ({dotted key: this run's value}) that the
-  saved config holds otherwise."""
+  saved config (nested, or flat {dotted key: value}) holds otherwise."""
   diffs = []
   for key, new in values.items():
-    old = get(saved_config, key)
+    old = saved_config[key] if key in saved_config else get(saved_config, key)
     if old != new:
       diffs.append(f"{key}: checkpoint {old!r}, now {new!r}")
   return diffs
