@@ -22,6 +22,7 @@ own pieces live in setup.py and loop.py, held-out scoring of a finished run in s
 """
 from __future__ import annotations
 
+import copy
 import glob
 import os
 import shutil
@@ -80,7 +81,6 @@ def final_phase(cfg) -> int:
 
 def as_one_phase(cfg, phase: int):
   """A copy of cfg training one phase with the shapes of `phase` (budget probes, scoring)."""
-  import copy
   c = copy.deepcopy(cfg)
   b, s, p = phase_shapes(cfg, phase)
   with c.unlocked():
