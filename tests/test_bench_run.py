@@ -51,3 +51,13 @@ def test_subset_run_keeps_sections_of_an_older_results_md(tmp_path, monkeypatch)
   md = (tmp_path / "results.md").read_text()
   assert "old a" in md and "old b" not in md and "| 5 |" in md
   assert json.loads((tmp_path / "results.json").read_text())["a"] == {"value": 0}
+
+
+def test_recipes_table_shows_each_phase_step_time():
+  from benchmarks.bench_recipes import markdown
+  row = dict(size="tiny", recipe="mlm", steps=3, step_s=[0.1, 0.25], wall_s=1.0,
+             heldout_mlm_loss=5.0, heldout_mlm_acc=0.2, real_tokens_per_s=9.0,
+             padding_fraction=0.0, command="x")
+  md = markdown([dict(row, recipe="bert2018", step_s=0.3, heldout_mlm_loss=6.0), row], 3, 8)
+  assert "| tiny | mlm | 3 | 0.100 / 0.250 |" in md and "| tiny | bert2018 | 3 | 0.300 |" in md
+  assert "held-out loss 5.000 vs BERT-2018's 6.000 (below)" in md
