@@ -410,6 +410,10 @@ def check_known_keys(cfg: ml_collections.ConfigDict, path: str = "config") -> No
       raise UserError(f"{path}: unknown config key {key}{hint}")
 
 
+def two_phase(tcfg) -> bool:
+  return bool(tcfg.phase2_start or tcfg.get("phase2_fraction", 0.0))
+
+
 def phase2_start(tcfg) -> int:
   """The first step of phase 2 (0 = one phase): train.phase2_start, or round(phase2_fraction x
   num_steps) -- computed, never written back, so a resumed run given more steps (a larger
@@ -441,8 +445,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
   if t.phase2_fraction and t.phase2_start:
     raise UserError(f"train.phase2_start={t.phase2_start} and train.phase2_fraction="
                     f"{t.phase2_fraction} both set: keep one")
-  two_phase = bool(t.phase2_start or t.phase2_fraction)
-  seqs = [d.max_seq_length] + ([t.phase2_max_seq_length] if two_phase else [])
+  phases_2 = two_phase(t)
+  seqs = [d.max_seq_length] + ([t.phase2_max_seq_length] if phases_2 else [])
   for s in seqs:
     if s > m.max_position_embeddings:
       raise UserError(f"sequence length {s} exceeds model.max_position_embeddings="
@@ -454,14 +458,14 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     raise UserError("train.grad_accum_steps must be >= 1")
   if num_devices:
     batches = [t.global_batch_size] + ([t.phase2_global_batch_size]
-                                       if two_phase and t.phase2_global_batch_size else [])
+                                       if phases_2 and t.phase2_global_batch_size else [])
     for b in batches:
       if b % (num_devices * t.grad_accum_steps):
         raise UserError(
             f"train.global_batch_size={b} is not divisible by devices ({num_devices}) x "
             f"train.grad_accum_steps ({t.grad_accum_steps}); use a multiple of "
             f"{num_devices * t.grad_accum_steps}")
-  if two_phase and t.phase2_max_predictions_per_seq > t.phase2_max_seq_length:
+  if phases_2 and t.phase2_max_predictions_per_seq > t.phase2_max_seq_length:
     raise UserError("train.phase2_max_predictions_per_seq exceeds train.phase2_max_seq_length")
   if t.num_steps < 1 or t.log_every < 1:
     raise UserError("train.num_steps and train.log_every must be >= 1")

@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 
 import bertjax
 from bertjax.checkpoint import compat
+from bertjax.config import resume_values
 from bertjax.checkpoint.data_state import DataStateHandler, DataStateRestore, DataStateSave
 from bertjax.checkpoint.manifest import (CorruptCheckpoint, find_damage, unreadable_file,
                                          verify_manifest, write_manifest)
@@ -332,7 +333,6 @@ class Checkpointer:
     meta = self.read_meta(step)
     diffs = []
     if self.resume_values and meta.get("config") is not None:
-      from bertjax.config import resume_values  # noqa: PLC0415 (config imports no checkpoint)
       diffs += compat.value_diffs(compat.to_json(resume_values(meta["config"])),
                                   self.resume_values)
     diffs += compat.tokenizer_diffs(meta.get("tokenizer"), self._tokenizer, self._tokenizer_path)

@@ -25,21 +25,12 @@ def to_json(value) -> Optional[dict]:
   return json.loads(json.dumps(value, default=str))
 
 
-def get(d: dict, dotted: str):
-  """d["a"]["b"] for "a.b", or "<absent>"."""
-  for part in dotted.split("."):
-    if not isinstance(d, dict) or part not in d:
-      return "<absent>"
-    d = d[part]
-  return d
-
-
-def value_diffs(saved_config: dict, values: dict) -> list[str]:
-  """'key: checkpoint X, now Y' for each of `values` ({dotted key: this run's value}) that the
-  saved config (nested, or flat {dotted key: value}) holds otherwise."""
+def value_diffs(saved: dict, values: dict) -> list[str]:
+  """'key: checkpoint X, now Y' for each of `values` ({dotted key: this run's value}) that
+  `saved` (the checkpoint's, the same form) holds otherwise."""
   diffs = []
   for key, new in values.items():
-    old = saved_config[key] if key in saved_config else get(saved_config, key)
+    old = saved.get(key, "<absent>")
     if old != new:
       diffs.append(f"{key}: checkpoint {old!r}, now {new!r}")
   return diffs

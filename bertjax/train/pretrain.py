@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bertjax.config import phase2_start
+from bertjax.config import phase2_start, two_phase as _two_phase
 from bertjax.data.masking import derived_max_predictions
 from bertjax.errors import UserError
 from bertjax.losses import (pretraining_denominators, pretraining_sums, weighted_accuracy,
@@ -70,7 +70,7 @@ def uses_nsp(cfg) -> bool:
 
 
 def two_phase(cfg) -> bool:
-  return phase2_start(cfg.train) > 0
+  return _two_phase(cfg.train)
 
 
 def final_phase(cfg) -> int:
@@ -453,7 +453,7 @@ def resolve_budget(cfg, workdir: str, measure=measure_step_seconds) -> Optional[
     how = (f"{t.budget_tokens} tokens / {b * s} per step" if t.budget_tokens > 0 else
            f"{t.budget_minutes} min / {per} s per step")
     if len(phases) == 2:
-      how += f" (phases 1 + 2)"
+      how += " (phases 1 + 2)"
     print(f"[pretrain] budget: {how} -> train.num_steps={t.num_steps} (kept in {path})",
           flush=True)
   return record
