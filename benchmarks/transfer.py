@@ -10,6 +10,11 @@ time); a run whose run.json has the same command is not repeated, so starting th
 resumes where it stopped (an interrupted pretraining resumes from its checkpoint).
 Every number goes to OUT/transfer.json, a markdown table to stdout.
 
+Protocol 2 (the same document's second section: the demo recipe as it now stands, then LP-FT):
+    .venv/bin/python -m benchmarks.transfer --protocol 2      # OUT runs/transfer-v2
+stages pretrain (~44 min), probe-1000 (its seeded models kept), lpft-1000 (full fine-tuning
+from each seed's probe model; the acceptance row), scratch-1000.
+
 Wall time on the 2-core machine, estimated from single runs (2026-12-07; 12 fine-tuning runs per
 row): pretrain ~44 min, scratch-1000 ~11, probe-1000 ~5, minilm ~33 (TAPT ~11), scratch-8000
 ~22, probe-8000 ~8, scratch-all ~53, probe-all ~16: about 3 h 15 min in all.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.util
 import json
 import os
@@ -42,6 +48,10 @@ STAGES = ("pretrain", "scratch-1000", "probe-1000", "minilm", "scratch-8000", "p
           "scratch-all", "probe-all")
 ALIASES = {"probe": ("probe-1000", "probe-8000", "probe-all"),
            "scratch": ("scratch-1000", "scratch-8000", "scratch-all")}
+# Protocol 2 (docs/transfer_protocol.md): the current demo recipe, then LP-FT; the probe stage
+# keeps each seed's model, which its lpft stage starts from.
+STAGES_2 = ("pretrain", "probe-1000", "lpft-1000", "scratch-1000")
+PRETRAIN_CONFIG = {1: "transfer_pretrain.py", 2: "transfer_pretrain_v2.py"}
 # Fine-tuning dropout, pinned for every arm (the protocol's choice): the from-scratch bundle and
 # the TAPT export carry the demo recipe's 0.0, MiniLM as imported 0.1; one value for all arms so
 # the arms of each comparison differ only in their weights.
@@ -57,13 +67,15 @@ def minilm_dir() -> str:
   return str(pathlib.Path(spec.origin).parent / "model") if spec else ""
 
 
-def stages_of(arg: str) -> list[str]:
+def stages_of(arg: str, protocol: int = 1) -> list[str]:
+  known, aliases = (STAGES, ALIASES) if protocol == 1 else (STAGES_2, {})
   want = []
   for s in (x.strip() for x in arg.split(",") if x.strip()):
-    if s not in STAGES and s not in ALIASES:
-      raise SystemExit(f"--stages: unknown stage {s!r}; use {', '.join(STAGES)}, probe, scratch")
-    want += ALIASES.get(s, (s,))
-  return [s for s in STAGES if s in want]
+    if s not in known and s not in aliases:
+      raise SystemExit(f"--stages: unknown stage {s!r} of protocol {protocol}; use "
+                       + ", ".join(known + tuple(aliases)))
+    want += aliases.get(s, (s,))
+  return [s for s in known if s in want]
 
 
 def git_commit() -> str:
@@ -75,6 +87,11 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
+
+
+def cpu_env() -> dict:
+  """The runs' environment: JAX on the CPU unless JAX_PLATFORMS says otherwise."""
+  return dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
 
 
 # ---------------------------------------------------------------- one subprocess run, cached
@@ -91,9 +108,8 @@ def run_cached(cmd: list[str], workdir: str, parse, log_name: str = "log.txt") -
       return rec
   t0 = time.time()
   lines = []
-  env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
   with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                        env=env, cwd=REPO) as p:
+                        env=cpu_env(), cwd=REPO) as p:
     for line in p.stdout:
       sys.stdout.write(line)
       lines.append(line)
@@ -129,11 +145,14 @@ def pretrain_summary(workdir: str, log: str) -> dict:
   return out
 
 
-def finetune_result(workdir: str, log: str) -> dict:
+def finetune_result(workdir: str, log: str, export: bool = False) -> dict:
   with open(os.path.join(workdir, "eval_results.json")) as f:
     ev = json.load(f)
   steps = re.findall(r'"steps": (\d+)', log)   # the summary `bertjax finetune` prints
-  # only eval_results.json and run.json are needed later: the checkpoints go (disk)
+  if export:   # a model a later stage starts from (LP-FT's probe): a bundle, encoder and head
+    subprocess.run([bertjax_bin(), "export", workdir, os.path.join(workdir, "export"),
+                    "--overwrite"], check=True, cwd=REPO, env=cpu_env())
+  # only eval_results.json, run.json (and the export) are needed later: the checkpoints go
   shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
   return {"accuracy": next(iter(ev["results"].values()))["accuracy"],
           "model_dtype": ev.get("model_dtype"), **({"steps": int(steps[-1])} if steps else {})}
@@ -151,8 +170,9 @@ class Runner:
   # --- pretraining
   def pretrain(self) -> dict:
     a = self.a
-    spec_mod = config_module(str(REPO / "configs" / "transfer_pretrain.py"))
-    cmd = [bertjax_bin(), "pretrain", "--config", str(REPO / "configs" / "transfer_pretrain.py"),
+    config = str(REPO / "configs" / PRETRAIN_CONFIG[a.protocol])
+    spec_mod = config_module(config)
+    cmd = [bertjax_bin(), "pretrain", "--config", config,
            "--workdir", os.path.join(self.out, "pretrain"), "--no-progress",
            "--config.data.corpus=" + spec_mod.corpus_spec(
                a.corpus, self.sets["pretrain_text"]["path"]),
@@ -216,17 +236,21 @@ class Runner:
         f"--config.data.tokenizer={arm_model['tokenizer']}",
         f"--config.data.do_lower_case={str(arm_model['lower']).lower()}"]
 
-  def compare(self, stage: str, arms: dict, *, n: str, lrs, epochs: float, probe: bool) -> dict:
-    """Per arm: pick lr by seed-0 accuracy on the slice, then seeds on dev; the verdict."""
+  def compare(self, stage: str, arms: dict, *, n: str, lrs, epochs: float, probe: bool,
+              keep: bool = False) -> dict:
+    """Per arm: pick lr by seed-0 accuracy on the slice, then seeds on dev; the verdict.
+    arms: {name: (init, random-arm model or None)}, init a path or {seed: path} (LP-FT: each
+    seed starts from its own probe); keep: export each seeded run's model."""
     row = {"n": n, "train_rows": self.sets[n]["rows"], "epochs": epochs, "probe": probe,
            "lr_grid": list(lrs), "selection": {}, "chosen_lr": {}, "runs": []}
     base = os.path.join(self.out, stage)
     dev = os.path.join(self.a.sst2, "dev.tsv")
-    for arm, (init, model) in arms.items():
+    for arm, (inits, model) in arms.items():
+      init_of = inits.get if isinstance(inits, dict) else (lambda seed, path=inits: path)
       scores = {}
       for lr in lrs:
         w = os.path.join(base, f"select_{arm}_lr{lr:g}")
-        r = run_cached(self.finetune_cmd(init, model, n=n, lr=lr, seed=0, epochs=epochs,
+        r = run_cached(self.finetune_cmd(init_of(0), model, n=n, lr=lr, seed=0, epochs=epochs,
                                          probe=probe, dev=self.sets["slice"]["path"], workdir=w),
                        w, finetune_result)
         scores[lr] = r["accuracy"]
@@ -235,8 +259,9 @@ class Runner:
       row["chosen_lr"][arm] = lr = tp.choose_lr(scores)
       for seed in self.seeds:
         w = os.path.join(base, f"{arm}_seed{seed}")
-        r = run_cached(self.finetune_cmd(init, model, n=n, lr=lr, seed=seed, epochs=epochs,
-                                         probe=probe, dev=dev, workdir=w), w, finetune_result)
+        r = run_cached(self.finetune_cmd(init_of(seed), model, n=n, lr=lr, seed=seed,
+                                         epochs=epochs, probe=probe, dev=dev, workdir=w),
+                       w, functools.partial(finetune_result, export=keep))
         row["runs"].append({"arm": arm, "seed": seed, "lr": lr, **r})
     a, b = list(arms)
     accs = {arm: [r["accuracy"] for r in row["runs"] if r["arm"] == arm] for arm in arms}
@@ -260,16 +285,28 @@ class Runner:
               "lower": bundle.get("do_lower_case", True)}
     return {"pretrained": (export, None), "random": ("", random)}
 
+  def lpft_arms(self, n: str) -> dict:
+    """Each arm's probe models of stage probe-N, by seed (protocol 2's LP-FT second stage)."""
+    arms = {}
+    for arm in self.scratch_arms():
+      inits = {s: os.path.join(self.out, f"probe-{n}", f"{arm}_seed{s}", "export")
+               for s in self.seeds}
+      missing = [p for p in inits.values() if not os.path.isfile(os.path.join(p, "bundle.json"))]
+      if missing:
+        raise SystemExit(f"{missing[0]}: no probe model; run stage probe-{n} first")
+      arms[arm] = (inits, None)
+    return arms
+
   @property
   def seeds(self) -> list[int]:
     return [int(s) for s in self.a.seeds.split(",")]
 
 
 # ---------------------------------------------------------------- record and table
-def table(record: dict) -> str:
+def table(record: dict, stages=STAGES) -> str:
   lines = ["| row | arm | lr | dev accuracy per seed | mean | gap | spread | shown |",
            "|---|---|---|---|---|---|---|---|"]
-  for stage in STAGES:
+  for stage in stages:
     row = record["rows"].get(stage if stage != "minilm" else "minilm-1000")
     if not row:
       continue
@@ -292,8 +329,12 @@ def table(record: dict) -> str:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--out", default="runs/transfer")
-  p.add_argument("--stages", default=",".join(STAGES))
+  p.add_argument("--protocol", type=int, choices=(1, 2), default=1,
+                 help="1: the protocol fixed first; 2: the current demo recipe, then LP-FT "
+                      "(docs/transfer_protocol.md)")
+  p.add_argument("--out", default=None, help="default runs/transfer (protocol 1), "
+                                             "runs/transfer-v2 (protocol 2)")
+  p.add_argument("--stages", default=None, help="default: every stage of the protocol")
   p.add_argument("--corpus", default=str((REPO / "../shared/data/corpus").resolve()),
                  help="pretraining corpus folder (default ../shared/data/corpus)")
   p.add_argument("--sst2", default=str((REPO / "../shared/data/glue/SST-2").resolve()))
@@ -309,7 +350,9 @@ def main(argv=None) -> int:
   p.add_argument("--max-eval", type=int, default=0,
                  help="score only the first N slice / dev rows (smoke runs)")
   args = p.parse_args(argv)
-  stages = stages_of(args.stages)
+  own = STAGES if args.protocol == 1 else STAGES_2
+  args.out = args.out or ("runs/transfer" if args.protocol == 1 else "runs/transfer-v2")
+  stages = stages_of(args.stages or ",".join(own), args.protocol)
   for path, what in ((args.corpus, "--corpus"), (args.sst2, "--sst2")):
     if not os.path.isdir(path):
       raise SystemExit(f"{what} {path}: no such folder")
@@ -332,7 +375,8 @@ def main(argv=None) -> int:
            "protocol_settings": not smoke}
   # the last invocation on top; every invocation (a rerun may run a subset) in the list, and
   # each stage's record says which one computed it
-  record.update(protocol="docs/transfer_protocol.md", **stamp, data=r.sets)
+  record.update(protocol="docs/transfer_protocol.md" + ("" if args.protocol == 1 else
+                                                        ", protocol 2"), **stamp, data=r.sets)
   record.setdefault("invocations", []).append(stamp)
 
   def save():
@@ -353,14 +397,16 @@ def main(argv=None) -> int:
     else:
       kind, n = stage.split("-")
       probe = kind == "probe"
-      record["rows"][stage] = r.compare(stage, r.scratch_arms(), n=n,
-                                        lrs=tp.PROBE_LRS if probe else tp.FULL_LRS,
-                                        epochs=tp.EPOCHS[n], probe=probe) | stamp
+      arms = r.lpft_arms(n) if kind == "lpft" else r.scratch_arms()
+      lrs = {"probe": tp.PROBE_LRS, "scratch": tp.FULL_LRS, "lpft": tp.LPFT_LRS}[kind]
+      record["rows"][stage] = r.compare(stage, arms, n=n, lrs=lrs, epochs=tp.EPOCHS[n],
+                                        probe=probe, keep=probe and args.protocol == 2) | stamp
     save()
-  print(table(record))
-  acc = record["rows"].get("scratch-1000", {}).get("verdict")
+  print(table(record, own))
+  main_row = "scratch-1000" if args.protocol == 1 else "lpft-1000"
+  acc = record["rows"].get(main_row, {}).get("verdict")
   if acc:
-    print(f"acceptance (scratch-1000: gap > spread): {acc['shown']}")
+    print(f"acceptance ({main_row}: gap > spread): {acc['shown']}")
   return 0
 
 

@@ -22,6 +22,9 @@ BATCH, SEQ = 32, 64
 MINILM_N, MINILM_EPOCHS, MINILM_LRS = "1000", 3, (2e-5, 5e-5, 1e-4)
 TAPT_STEPS, TAPT_LR, TAPT_SEQ, TAPT_HELDOUT = 300, 1e-4, 64, 0.01
 SST2_TEXT = "sst2_train_text.txt"                     # the runner's extra corpus file
+# Protocol 2: LP-FT (the linear probe, then full fine-tuning from it, same seed) at rates one
+# notch below protocol 1's full fine-tuning grid
+LPFT_LRS = (3e-5, 1e-4, 3e-4)
 
 
 def read_train(sst2_dir: str) -> tuple[str, list[str]]:

@@ -104,6 +104,47 @@ def test_stages_and_aliases():
     runner.stages_of("finetune")
 
 
+def test_protocol_2_stages_lpft_after_its_probe():
+  assert runner.stages_of("scratch-1000,lpft-1000,pretrain", 2) == [
+      "pretrain", "lpft-1000", "scratch-1000"]
+  assert runner.stages_of(",".join(runner.STAGES_2), 2) == [
+      "pretrain", "probe-1000", "lpft-1000", "scratch-1000"]
+  with pytest.raises(SystemExit, match="unknown stage 'minilm' of protocol 2"):
+    runner.stages_of("minilm", 2)
+  with pytest.raises(SystemExit, match="unknown stage 'lpft-1000' of protocol 1"):
+    runner.stages_of("lpft-1000")
+  # LP-FT's second stage starts one notch below protocol 1's full fine-tuning grid
+  assert max(tp.LPFT_LRS) < max(tp.FULL_LRS) and min(tp.LPFT_LRS) < min(tp.FULL_LRS)
+
+
+def test_lpft_starts_each_seed_from_its_own_probe_model(tmp_path):
+  import argparse
+  args = argparse.Namespace(out=str(tmp_path / "out"), sst2=str(_sst2(tmp_path)), seeds="0,1",
+                            minilm="", protocol=2, max_steps=0, max_eval=0)
+  r = runner.Runner(args)
+  export = tmp_path / "out" / "pretrain" / "export"
+  (export / "tokenizer").mkdir(parents=True)
+  (export / "bundle.json").write_text('{"tokenizer_file": "spm.model"}')
+  (export / "model_config.json").write_text("{}")
+  with pytest.raises(SystemExit, match="no probe model; run stage probe-1000 first"):
+    r.lpft_arms("1000")
+  for arm in ("pretrained", "random"):
+    for seed in (0, 1):
+      d = tmp_path / "out" / "probe-1000" / f"{arm}_seed{seed}" / "export"
+      d.mkdir(parents=True)
+      (d / "bundle.json").write_text("{}")
+  arms = r.lpft_arms("1000")
+  assert set(arms) == {"pretrained", "random"}
+  for arm, (inits, model) in arms.items():
+    assert model is None   # both arms start from a probe bundle: --init, no architecture flags
+    assert inits == {s: str(tmp_path / "out" / "probe-1000" / f"{arm}_seed{s}" / "export")
+                     for s in (0, 1)}
+    cmd = r.finetune_cmd(inits[1], model, n="1000", lr=1e-4, seed=1, epochs=10, probe=False,
+                         dev="d.tsv", workdir="w")
+    assert cmd[-2:] == ["--init", inits[1]]
+    assert not any("freeze" in c for c in cmd)
+
+
 def test_pretrain_summary_numbers_are_read_from_the_printed_summary():
   log = ("Pretraining finished: 3100/3100 steps in 40m00s (1 devices, 1 process)\n"
          "  train     loss 4.1  MLM acc 0.300  (59.2 seq/s)\n"
@@ -130,3 +171,18 @@ def test_pretrain_config_is_the_demo_recipe_but_corpus_budget_and_cadence():
           ours["train.phase2_fraction"]) == (128, 32, 0.0)
   assert ours["train.budget_minutes"] == 40 and ours["data.heldout_fraction"] == 0.01
   assert ours["data.corpus"].endswith("sst2_train_text.txt:bert")
+
+
+def test_protocol_2_pretrain_config_is_todays_demo_recipe_with_protocol_1_changes():
+  from bertjax.config import load_config
+  configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+  flat = lambda c: {f"{g}.{k}": v for g, sub in c.items() if hasattr(sub, "items")  # noqa: E731
+                    for k, v in sub.items()}
+  demo = flat(load_config(str(configs / "pretrain_demo.py")).to_dict())
+  v2 = flat(load_config(str(configs / "transfer_pretrain_v2.py")).to_dict())
+  changed = {k for k in demo if demo[k] != v2[k]}
+  assert changed == {"data.corpus", "data.heldout_fraction", "train.budget_minutes",
+                     "train.eval_every", "checkpoint.every_steps"}
+  assert v2["train.phase2_fraction"] == 0.25 and v2["data.max_seq_length"] == 16
+  assert v2["train.budget_minutes"] == 40 and v2["data.heldout_fraction"] == 0.01
+  assert v2["data.corpus"].endswith("sst2_train_text.txt:bert")
