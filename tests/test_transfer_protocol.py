@@ -155,14 +155,19 @@ def test_pretrain_summary_numbers_are_read_from_the_printed_summary():
       3100, 0.312, 0.287, 0.066)
 
 
-def test_pretrain_config_is_the_demo_recipe_but_corpus_budget_and_cadence():
+def _config_vs_demo(name: str) -> tuple[dict, set]:
+  """configs/NAME as flat {group.field: value}, and the fields where it differs from the demo."""
   from bertjax.config import load_config
   configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
   flat = lambda c: {f"{g}.{k}": v for g, sub in c.items() if hasattr(sub, "items")  # noqa: E731
                     for k, v in sub.items()}
   demo = flat(load_config(str(configs / "pretrain_demo.py")).to_dict())
-  ours = flat(load_config(str(configs / "transfer_pretrain.py")).to_dict())
-  changed = {k for k in demo if demo[k] != ours[k]}
+  ours = flat(load_config(str(configs / name)).to_dict())
+  return ours, {k for k in demo if demo[k] != ours[k]}
+
+
+def test_pretrain_config_is_the_demo_recipe_but_corpus_budget_and_cadence():
+  ours, changed = _config_vs_demo("transfer_pretrain.py")
   # ... and the demo's short-row first phase, added after the protocol was fixed and run
   assert changed == {"data.corpus", "data.heldout_fraction", "train.budget_minutes",
                      "train.eval_every", "checkpoint.every_steps", "data.max_seq_length",
@@ -174,13 +179,7 @@ def test_pretrain_config_is_the_demo_recipe_but_corpus_budget_and_cadence():
 
 
 def test_protocol_2_pretrain_config_is_todays_demo_recipe_with_protocol_1_changes():
-  from bertjax.config import load_config
-  configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
-  flat = lambda c: {f"{g}.{k}": v for g, sub in c.items() if hasattr(sub, "items")  # noqa: E731
-                    for k, v in sub.items()}
-  demo = flat(load_config(str(configs / "pretrain_demo.py")).to_dict())
-  v2 = flat(load_config(str(configs / "transfer_pretrain_v2.py")).to_dict())
-  changed = {k for k in demo if demo[k] != v2[k]}
+  v2, changed = _config_vs_demo("transfer_pretrain_v2.py")
   assert changed == {"data.corpus", "data.heldout_fraction", "train.budget_minutes",
                      "train.eval_every", "checkpoint.every_steps"}
   assert v2["train.phase2_fraction"] == 0.25 and v2["data.max_seq_length"] == 16
