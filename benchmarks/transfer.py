@@ -14,6 +14,9 @@ Protocol 2 (the same document's second section: the demo recipe as it now stands
     .venv/bin/python -m benchmarks.transfer --protocol 2      # OUT runs/transfer-v2
 stages pretrain (~44 min), probe-1000 (its seeded models kept), lpft-1000 (full fine-tuning
 from each seed's probe model; the acceptance row), scratch-1000.
+Protocol 3 (`--protocol 3`, the same OUT): protocol 2's pretrain stage (reused), then
+embfrozen-1000 (protocol 1's full fine-tuning with the embedding tables frozen), then the row
+best-1000: each arm's best recipe of scratch-1000, lpft-1000, embfrozen-1000 on the slice.
 
 Wall time on the 2-core machine, estimated from single runs (2026-12-07; 12 fine-tuning runs per
 row): pretrain ~44 min, scratch-1000 ~11, probe-1000 ~5, minilm ~33 (TAPT ~11), scratch-8000
@@ -51,7 +54,14 @@ ALIASES = {"probe": ("probe-1000", "probe-8000", "probe-all"),
 # Protocol 2 (docs/transfer_protocol.md): the current demo recipe, then LP-FT; the probe stage
 # keeps each seed's model, which its lpft stage starts from.
 STAGES_2 = ("pretrain", "probe-1000", "lpft-1000", "scratch-1000")
-PRETRAIN_CONFIG = {1: "transfer_pretrain.py", 2: "transfer_pretrain_v2.py"}
+# Protocol 3: protocol 2's encoder (the same pretrain stage and OUT), fine-tuned with the
+# embedding tables frozen.
+STAGES_3 = ("pretrain", "embfrozen-1000")
+# ... and its acceptance row: per arm, the best of three recipes on the selection slice
+BEST_OF = ("scratch-1000", "lpft-1000", "embfrozen-1000")
+OWN_STAGES = {1: STAGES, 2: STAGES_2, 3: STAGES_3}
+PRETRAIN_CONFIG = {1: "transfer_pretrain.py", 2: "transfer_pretrain_v2.py",
+                   3: "transfer_pretrain_v2.py"}
 # Fine-tuning dropout, pinned for every arm (the protocol's choice): the from-scratch bundle and
 # the TAPT export carry the demo recipe's 0.0, MiniLM as imported 0.1; one value for all arms so
 # the arms of each comparison differ only in their weights.
@@ -68,7 +78,7 @@ def minilm_dir() -> str:
 
 
 def stages_of(arg: str, protocol: int = 1) -> list[str]:
-  known, aliases = (STAGES, ALIASES) if protocol == 1 else (STAGES_2, {})
+  known, aliases = OWN_STAGES[protocol], ALIASES if protocol == 1 else {}
   want = []
   for s in (x.strip() for x in arg.split(",") if x.strip()):
     if s not in known and s not in aliases:
@@ -207,7 +217,7 @@ class Runner:
 
   # --- fine-tuning
   def finetune_cmd(self, init: str, arm_model: dict | None, *, n: str, lr: float, seed: int,
-                   epochs: float, probe: bool, dev: str, workdir: str) -> list[str]:
+                   epochs: float, freeze: str, dev: str, workdir: str) -> list[str]:
     a = self.a
     rows = self.sets[n]["rows"]
     if a.max_steps:   # smoke runs: at most about --max-steps steps
@@ -224,8 +234,8 @@ class Runner:
            "--config.finetune.predict_test=false", "--config.checkpoint.every_steps=1000000",
            f"--config.model.hidden_dropout_prob={FINETUNE_DROPOUT:g}",
            f"--config.model.attention_probs_dropout_prob={FINETUNE_DROPOUT:g}"]
-    if probe:
-      cmd.append("--config.finetune.freeze=encoder")
+    if freeze != "none":   # encoder: the linear probe; embeddings: the tables and their norm
+      cmd.append(f"--config.finetune.freeze={freeze}")
     if a.max_eval:
       cmd.append(f"--config.finetune.max_eval_examples={a.max_eval}")
     if arm_model is None:
@@ -236,12 +246,13 @@ class Runner:
         f"--config.data.tokenizer={arm_model['tokenizer']}",
         f"--config.data.do_lower_case={str(arm_model['lower']).lower()}"]
 
-  def compare(self, stage: str, arms: dict, *, n: str, lrs, epochs: float, probe: bool,
-              keep: bool = False) -> dict:
+  def compare(self, stage: str, arms: dict, *, n: str, lrs, epochs: float,
+              freeze: str = "none", keep: bool = False) -> dict:
     """Per arm: pick lr by seed-0 accuracy on the slice, then seeds on dev; the verdict.
     arms: {name: (init, random-arm model or None)}, init a path or {seed: path} (LP-FT: each
     seed starts from its own probe); keep: export each seeded run's model."""
-    row = {"n": n, "train_rows": self.sets[n]["rows"], "epochs": epochs, "probe": probe,
+    row = {"n": n, "train_rows": self.sets[n]["rows"], "epochs": epochs,
+           "probe": freeze == "encoder", "freeze": freeze,
            "lr_grid": list(lrs), "selection": {}, "chosen_lr": {}, "runs": []}
     base = os.path.join(self.out, stage)
     dev = os.path.join(self.a.sst2, "dev.tsv")
@@ -251,7 +262,8 @@ class Runner:
       for lr in lrs:
         w = os.path.join(base, f"select_{arm}_lr{lr:g}")
         r = run_cached(self.finetune_cmd(init_of(0), model, n=n, lr=lr, seed=0, epochs=epochs,
-                                         probe=probe, dev=self.sets["slice"]["path"], workdir=w),
+                                         freeze=freeze, dev=self.sets["slice"]["path"],
+                                         workdir=w),
                        w, finetune_result)
         scores[lr] = r["accuracy"]
         row["selection"].setdefault(arm, {})[f"{lr:g}"] = {k: r[k] for k in
@@ -260,7 +272,7 @@ class Runner:
       for seed in self.seeds:
         w = os.path.join(base, f"{arm}_seed{seed}")
         r = run_cached(self.finetune_cmd(init_of(seed), model, n=n, lr=lr, seed=seed,
-                                         epochs=epochs, probe=probe, dev=dev, workdir=w),
+                                         epochs=epochs, freeze=freeze, dev=dev, workdir=w),
                        w, functools.partial(finetune_result, export=keep))
         row["runs"].append({"arm": arm, "seed": seed, "lr": lr, **r})
     a, b = list(arms)
@@ -315,7 +327,9 @@ def table(record: dict, stages=STAGES) -> str:
       accs = row[arm]["accuracies"]
       tail = (f" {v['gap']:.4f} | {v['spread']:.4f} | {v['shown']} |" if i == 0 and v["gap"]
               is not None else " | | |")
-      lines.append(f"| {stage} ({row['wall_s']:.0f} s) | {arm} | {row['chosen_lr'][arm]:g} | "
+      where = (f"{stage} ({row['wall_s']:.0f} s)" if "wall_s" in row else
+               f"{stage} ({row['chosen'][arm]['stage']})")
+      lines.append(f"| {where} | {arm} | {row['chosen_lr'][arm]:g} | "
                    + ", ".join(f"{x:.4f}" for x in accs) + f" | {row[arm]['mean']:.4f} |" + tail)
   for name in ("pretrain", "minilm_tapt"):
     p = record.get(name)
@@ -329,11 +343,11 @@ def table(record: dict, stages=STAGES) -> str:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--protocol", type=int, choices=(1, 2), default=1,
-                 help="1: the protocol fixed first; 2: the current demo recipe, then LP-FT "
-                      "(docs/transfer_protocol.md)")
+  p.add_argument("--protocol", type=int, choices=(1, 2, 3), default=1,
+                 help="1: the protocol fixed first; 2: the current demo recipe, then LP-FT; "
+                      "3: protocol 2's encoder, embeddings frozen (docs/transfer_protocol.md)")
   p.add_argument("--out", default=None, help="default runs/transfer (protocol 1), "
-                                             "runs/transfer-v2 (protocol 2)")
+                                             "runs/transfer-v2 (protocols 2 and 3)")
   p.add_argument("--stages", default=None, help="default: every stage of the protocol")
   p.add_argument("--corpus", default=str((REPO / "../shared/data/corpus").resolve()),
                  help="pretraining corpus folder (default ../shared/data/corpus)")
@@ -350,7 +364,7 @@ def main(argv=None) -> int:
   p.add_argument("--max-eval", type=int, default=0,
                  help="score only the first N slice / dev rows (smoke runs)")
   args = p.parse_args(argv)
-  own = STAGES if args.protocol == 1 else STAGES_2
+  own = OWN_STAGES[args.protocol]
   args.out = args.out or ("runs/transfer" if args.protocol == 1 else "runs/transfer-v2")
   stages = stages_of(args.stages or ",".join(own), args.protocol)
   for path, what in ((args.corpus, "--corpus"), (args.sst2, "--sst2")):
@@ -372,11 +386,10 @@ def main(argv=None) -> int:
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "command": " ".join([".venv/bin/python", "-m", "benchmarks.transfer"]
                                + (sys.argv[1:] if argv is None else list(argv))),
-           "protocol_settings": not smoke}
+           "protocol_settings": not smoke, "protocol_version": args.protocol}
   # the last invocation on top; every invocation (a rerun may run a subset) in the list, and
   # each stage's record says which one computed it
-  record.update(protocol="docs/transfer_protocol.md" + ("" if args.protocol == 1 else
-                                                        ", protocol 2"), **stamp, data=r.sets)
+  record.update(protocol="docs/transfer_protocol.md", **stamp, data=r.sets)
   record.setdefault("invocations", []).append(stamp)
 
   def save():
@@ -392,18 +405,22 @@ def main(argv=None) -> int:
       record["minilm_tapt"] = tapt = {**r.tapt(), **stamp}
       arms = {"continued": (tapt["export"], None), "direct": (args.minilm, None)}
       record["rows"]["minilm-1000"] = r.compare("minilm-1000", arms, n=tp.MINILM_N,
-                                                lrs=tp.MINILM_LRS, epochs=tp.MINILM_EPOCHS,
-                                                probe=False) | stamp
+                                                lrs=tp.MINILM_LRS,
+                                                epochs=tp.MINILM_EPOCHS) | stamp
     else:
       kind, n = stage.split("-")
-      probe = kind == "probe"
       arms = r.lpft_arms(n) if kind == "lpft" else r.scratch_arms()
-      lrs = {"probe": tp.PROBE_LRS, "scratch": tp.FULL_LRS, "lpft": tp.LPFT_LRS}[kind]
+      lrs = {"probe": tp.PROBE_LRS, "scratch": tp.FULL_LRS, "lpft": tp.LPFT_LRS,
+             "embfrozen": tp.FULL_LRS}[kind]
+      freeze = {"probe": "encoder", "embfrozen": "embeddings"}.get(kind, "none")
       record["rows"][stage] = r.compare(stage, arms, n=n, lrs=lrs, epochs=tp.EPOCHS[n],
-                                        probe=probe, keep=probe and args.protocol == 2) | stamp
+                                        freeze=freeze,
+                                        keep=kind == "probe" and args.protocol == 2) | stamp
+    if args.protocol == 3 and all(s in record["rows"] for s in BEST_OF):
+      record["rows"]["best-1000"] = tp.best_of(record["rows"], BEST_OF) | stamp
     save()
-  print(table(record, own))
-  main_row = "scratch-1000" if args.protocol == 1 else "lpft-1000"
+  print(table(record, own + (("best-1000",) if args.protocol == 3 else ())))
+  main_row = {1: "scratch-1000", 2: "lpft-1000", 3: "best-1000"}[args.protocol]
   acc = record["rows"].get(main_row, {}).get("verdict")
   if acc:
     print(f"acceptance ({main_row}: gap > spread): {acc['shown']}")

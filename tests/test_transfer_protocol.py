@@ -139,10 +139,40 @@ def test_lpft_starts_each_seed_from_its_own_probe_model(tmp_path):
     assert model is None   # both arms start from a probe bundle: --init, no architecture flags
     assert inits == {s: str(tmp_path / "out" / "probe-1000" / f"{arm}_seed{s}" / "export")
                      for s in (0, 1)}
-    cmd = r.finetune_cmd(inits[1], model, n="1000", lr=1e-4, seed=1, epochs=10, probe=False,
+    cmd = r.finetune_cmd(inits[1], model, n="1000", lr=1e-4, seed=1, epochs=10, freeze="none",
                          dev="d.tsv", workdir="w")
     assert cmd[-2:] == ["--init", inits[1]]
     assert not any("freeze" in c for c in cmd)
+
+
+def test_protocol_3_frozen_embeddings_and_the_best_recipe_per_arm(tmp_path):
+  assert runner.stages_of("embfrozen-1000,pretrain", 3) == ["pretrain", "embfrozen-1000"]
+  import argparse
+  args = argparse.Namespace(out=str(tmp_path / "out"), sst2=str(_sst2(tmp_path)), seeds="0,1",
+                            minilm="", protocol=3, max_steps=0, max_eval=0)
+  cmd = runner.Runner(args).finetune_cmd("B", None, n="1000", lr=1e-3, seed=0, epochs=10,
+                                         freeze="embeddings", dev="d.tsv", workdir="w")
+  assert "--config.finetune.freeze=embeddings" in cmd
+
+  def stage(sel_a, sel_b, dev_a, dev_b):
+    """a row: selection {lr: slice acc} per arm, seeded dev runs at each arm's best rate"""
+    sel = {"a": sel_a, "b": sel_b}
+    row = {"selection": {arm: {f"{lr:g}": {"accuracy": x} for lr, x in s.items()}
+                         for arm, s in sel.items()},
+           "chosen_lr": {arm: tp.choose_lr(s) for arm, s in sel.items()}, "runs": []}
+    for arm, accs in (("a", dev_a), ("b", dev_b)):
+      row["runs"] += [{"arm": arm, "accuracy": x} for x in accs]
+    return row
+  rows = {"s1": stage({1e-4: 60.0, 1e-3: 70.0}, {1e-4: 65.0, 1e-3: 64.0}, [70, 71], [60, 61]),
+          "s2": stage({1e-4: 70.0, 1e-3: 69.0}, {1e-4: 66.0, 1e-3: 66.0}, [80, 81], [62, 63]),
+          "s3": stage({1e-4: 50.0, 1e-3: 55.0}, {1e-4: 67.0, 1e-3: 60.0}, [40, 41], [64, 66])}
+  best = tp.best_of(rows, ("s1", "s2", "s3"))
+  # a: 70.0 in s1 (1e-3) and in s2 (1e-4): the earlier stage; b: s3's 67.0
+  assert best["chosen"]["a"] == {"stage": "s1", "lr": 1e-3, "slice_accuracy": 70.0}
+  assert best["chosen"]["b"] == {"stage": "s3", "lr": 1e-4, "slice_accuracy": 67.0}
+  assert best["a"]["accuracies"] == [70, 71] and best["b"]["accuracies"] == [64, 66]
+  assert best["verdict"]["gap"] == 5.5 and best["verdict"]["spread"] == 2
+  assert best["verdict"]["shown"] is True
 
 
 def test_pretrain_summary_numbers_are_read_from_the_printed_summary():
