@@ -345,7 +345,8 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--protocol", type=int, choices=(1, 2, 3), default=1,
                  help="1: the protocol fixed first; 2: the current demo recipe, then LP-FT; "
-                      "3: protocol 2's encoder, embeddings frozen (docs/transfer_protocol.md)")
+                      "3: protocol 2's encoder, each arm at its best recipe on the slice, a frozen-table "
+                      "recipe added (docs/transfer_protocol.md)")
   p.add_argument("--out", default=None, help="default runs/transfer (protocol 1), "
                                              "runs/transfer-v2 (protocols 2 and 3)")
   p.add_argument("--stages", default=None, help="default: every stage of the protocol")
