@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 from benchmarks import transfer_protocol as tp
 from bertjax.config import config_module
@@ -59,9 +60,19 @@ STAGES_2 = ("pretrain", "probe-1000", "lpft-1000", "scratch-1000")
 STAGES_3 = ("pretrain", "embfrozen-1000")
 # ... and its acceptance row: per arm, the best of three recipes on the selection slice
 BEST_OF = ("scratch-1000", "lpft-1000", "embfrozen-1000")
-OWN_STAGES = {1: STAGES, 2: STAGES_2, 3: STAGES_3}
-PRETRAIN_CONFIG = {1: "transfer_pretrain.py", 2: "transfer_pretrain_v2.py",
-                   3: "transfer_pretrain_v2.py"}
+
+
+class Protocol(NamedTuple):
+  stages: tuple[str, ...]
+  pretrain_config: str   # under configs/
+  out: str               # default OUT
+  acceptance_row: str
+
+
+PROTOCOLS = {
+    1: Protocol(STAGES, "transfer_pretrain.py", "runs/transfer", "scratch-1000"),
+    2: Protocol(STAGES_2, "transfer_pretrain_v2.py", "runs/transfer-v2", "lpft-1000"),
+    3: Protocol(STAGES_3, "transfer_pretrain_v2.py", "runs/transfer-v2", "best-1000")}
 # Fine-tuning dropout, pinned for every arm (the protocol's choice): the from-scratch bundle and
 # the TAPT export carry the demo recipe's 0.0, MiniLM as imported 0.1; one value for all arms so
 # the arms of each comparison differ only in their weights.
@@ -78,7 +89,7 @@ def minilm_dir() -> str:
 
 
 def stages_of(arg: str, protocol: int = 1) -> list[str]:
-  known, aliases = OWN_STAGES[protocol], ALIASES if protocol == 1 else {}
+  known, aliases = PROTOCOLS[protocol].stages, ALIASES if protocol == 1 else {}
   want = []
   for s in (x.strip() for x in arg.split(",") if x.strip()):
     if s not in known and s not in aliases:
@@ -180,7 +191,7 @@ class Runner:
   # --- pretraining
   def pretrain(self) -> dict:
     a = self.a
-    config = str(REPO / "configs" / PRETRAIN_CONFIG[a.protocol])
+    config = str(REPO / "configs" / PROTOCOLS[a.protocol].pretrain_config)
     spec_mod = config_module(config)
     cmd = [bertjax_bin(), "pretrain", "--config", config,
            "--workdir", os.path.join(self.out, "pretrain"), "--no-progress",
@@ -365,9 +376,9 @@ def main(argv=None) -> int:
   p.add_argument("--max-eval", type=int, default=0,
                  help="score only the first N slice / dev rows (smoke runs)")
   args = p.parse_args(argv)
-  own = OWN_STAGES[args.protocol]
-  args.out = args.out or ("runs/transfer" if args.protocol == 1 else "runs/transfer-v2")
-  stages = stages_of(args.stages or ",".join(own), args.protocol)
+  proto = PROTOCOLS[args.protocol]
+  args.out = args.out or proto.out
+  stages = stages_of(args.stages or ",".join(proto.stages), args.protocol)
   for path, what in ((args.corpus, "--corpus"), (args.sst2, "--sst2")):
     if not os.path.isdir(path):
       raise SystemExit(f"{what} {path}: no such folder")
@@ -417,11 +428,12 @@ def main(argv=None) -> int:
       record["rows"][stage] = r.compare(stage, arms, n=n, lrs=lrs, epochs=tp.EPOCHS[n],
                                         freeze=freeze,
                                         keep=kind == "probe" and args.protocol == 2) | stamp
-    if args.protocol == 3 and all(s in record["rows"] for s in BEST_OF):
+    if proto.acceptance_row == "best-1000" and all(s in record["rows"] for s in BEST_OF):
       record["rows"]["best-1000"] = tp.best_of(record["rows"], BEST_OF) | stamp
     save()
-  print(table(record, own + (("best-1000",) if args.protocol == 3 else ())))
-  main_row = {1: "scratch-1000", 2: "lpft-1000", 3: "best-1000"}[args.protocol]
+  extra = (proto.acceptance_row,) if proto.acceptance_row not in proto.stages else ()
+  print(table(record, proto.stages + extra))
+  main_row = proto.acceptance_row
   acc = record["rows"].get(main_row, {}).get("verdict")
   if acc:
     print(f"acceptance ({main_row}: gap > spread): {acc['shown']}")

@@ -120,26 +120,22 @@ def choose_lr(scores: dict[float, float]) -> float:
 
 
 def best_of(rows: dict, stages: tuple[str, ...]) -> dict:
-  """Protocol 3's row: per arm, the (stage, rate) with the best seed-0 selection accuracy over
-  `stages` (ties: the earlier stage, then the smaller rate), that stage's seeded dev runs at
-  its chosen rate as the arm; the verdict of the first arm against the second. rows: the
-  runner's rows ({stage: {"selection": {arm: {lr: {"accuracy"}}}, "runs": [...]}})."""
+  """Protocol 3's row: per arm, the stage whose chosen rate (`choose_lr`, already in the row)
+  has the best seed-0 selection accuracy (ties: the earlier stage), that stage's seeded dev
+  runs as the arm; the verdict of the first arm against the second. rows: the runner's rows
+  ({stage: {"selection": {arm: {lr: {"accuracy"}}}, "chosen_lr": {arm: lr}, "runs": [...]}})."""
   arms = list(rows[stages[0]]["selection"])
-  out = {"stages": list(stages), "chosen": {}}
+  out = {"stages": list(stages), "chosen": {}, "chosen_lr": {}}
   accs = {}
   for arm in arms:
-    best = None
-    for stage in stages:
-      for lr, sel in sorted(rows[stage]["selection"][arm].items(), key=lambda kv: float(kv[0])):
-        if best is None or sel["accuracy"] > best[2]:
-          best = (stage, float(lr), sel["accuracy"])
-    stage, lr, slice_acc = best
-    if rows[stage]["chosen_lr"][arm] != lr:
-      raise ValueError(f"{stage}: {arm}'s seeded runs are at {rows[stage]['chosen_lr'][arm]}, "
-                       f"not its best rate {lr}")
+    def slice_acc(stage):
+      row = rows[stage]
+      return row["selection"][arm][f"{row['chosen_lr'][arm]:g}"]["accuracy"]
+    stage = max(stages, key=lambda st: (slice_acc(st), -stages.index(st)))
+    lr = rows[stage]["chosen_lr"][arm]
     accs[arm] = [r["accuracy"] for r in rows[stage]["runs"] if r["arm"] == arm]
-    out["chosen"][arm] = {"stage": stage, "lr": lr, "slice_accuracy": slice_acc}
-    out.setdefault("chosen_lr", {})[arm] = lr
+    out["chosen"][arm] = {"stage": stage, "lr": lr, "slice_accuracy": slice_acc(stage)}
+    out["chosen_lr"][arm] = lr
     out[arm] = {"accuracies": accs[arm], "mean": statistics.mean(accs[arm])}
   out["verdict"] = {"comparison": f"{arms[0]} - {arms[1]}", **verdict(accs[arms[0]],
                                                                        accs[arms[1]])}
