@@ -293,9 +293,9 @@ def peer_run(args, part: str, seed: int) -> dict:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).float()
-    if r["clip_norm"] > 0 and norm > r["clip_norm"]:  # optax.clip_by_global_norm
+    if r["clip_norm"] > 0 and norm > r["clip_norm"]:  # bertjax.optim.clip_by_global_norm
       for p in params:
-        p.grad.div_(norm).mul_(r["clip_norm"])
+        p.grad.mul_(r["clip_norm"] / norm)
     opt.step()
     sched.step()
     steps.append({"loss": float(loss.detach()), "mlm_loss": float(mlm.detach()),

@@ -6,7 +6,7 @@ import optax
 
 from bertjax.config import base_config, model_config
 from bertjax.model import BertForPreTraining
-from bertjax.optim import decay_mask, make_optimizer, make_schedule
+from bertjax.optim import clip_by_global_norm, decay_mask, make_optimizer, make_schedule
 
 
 def _params():
@@ -66,6 +66,27 @@ def test_global_norm_clipping():
   _, state = tx.update({"w": jnp.full((4,), 100.0)}, tx.init(params), params)
   mu = state[1][0].mu["w"]
   np.testing.assert_allclose(np.linalg.norm(mu / 0.1), 1.0, rtol=1e-5)  # (1 - b1) * clipped
+
+
+def test_clipping_matches_optax():
+  """One scalar factor instead of optax's per-element select: the same updates (bitwise when
+  the norm is under the limit, within rounding when clipping acts) and the same (empty) state,
+  so checkpoints written with optax's clipping restore."""
+  params = _params()
+  ours, theirs = clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
+  assert jax.tree_util.tree_structure(ours.init(params)) == \
+      jax.tree_util.tree_structure(theirs.init(params))
+  norm = float(optax.tree.norm(params))
+  for scale, exact in ((0.5 / norm, True), (30.0 / norm, False)):   # norm 0.5, then 30
+    grads = jax.tree_util.tree_map(lambda p: p * scale, params)
+    a, _ = jax.jit(ours.update)(grads, ours.init(params))
+    b, _ = jax.jit(theirs.update)(grads, theirs.init(params))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      if exact:
+        np.testing.assert_array_equal(x, y)
+      else:
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9)
+    assert abs(float(optax.tree.norm(a)) - min(1.0, scale * norm)) < 1e-5
 
 
 def test_frozen_leaves_have_no_state_and_do_not_move():
