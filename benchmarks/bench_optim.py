@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-SIZES = ("tiny", "small")   # small = MiniLM-L6's widths up to the layer count; see _shapes
+SIZES = ("tiny", "minilm-l6")   # BERT-Tiny; all-MiniLM-L6-v2's shapes (6 x H=384)
 REPEATS = 5                 # timed rounds per chain (median), interleaved
 CALLS = 10                  # updates per round
 
@@ -26,8 +26,8 @@ def _params(size: str):
   from bertjax.config import model_config
   from bertjax.model import BertForPreTraining
 
-  cfg = model_config(size, vocab_size=30522)
-  if size == "small":                   # all-MiniLM-L6-v2: 6 layers of H=384, 12 heads
+  cfg = model_config("tiny" if size == "tiny" else "small", vocab_size=30522)
+  if size == "minilm-l6":               # 6 layers of H=384, 12 heads, FFN 1536
     cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads = 6, 384, 12
     cfg.intermediate_size = 1536
   ids = jnp.zeros((1, 8), jnp.int32)
