@@ -30,6 +30,26 @@ def test_round_rows_few_shapes_little_waste():
   assert batching.round_rows(9, 8) == 16 and batching.round_rows(17, 8) == 24
 
 
+def test_eval_batches_spread_rows_evenly():
+  assert batching.Batcher("pack", 16).even_rows(173, 64) == 58        # 3 x 58, not 3 x 64
+  assert batching.Batcher("pack", 16).even_rows(128, 64) == 64
+  assert batching.Batcher("pack", 16).even_rows(10, 64) == 10
+  assert batching.Batcher("pack", 16, row_multiple=8).even_rows(173, 64) == 64
+  assert batching.Batcher("pack", 16, row_multiple=8).even_rows(150, 64) == 56
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(2, 17, size=61)
+  feats = {"input_ids": np.ones((61, 16), np.int32), "segment_ids": np.zeros((61, 16), np.int32),
+           "input_mask": (np.arange(16)[None] < lengths[:, None]).astype(np.int32)}
+  for mode in ("pack", "pad", "bucket"):
+    batches = list(batching.Batcher(mode, 16, row_multiple=2).eval_batches(feats, 8))
+    seen = np.concatenate([idx for _, idx, _ in batches])
+    assert sorted(seen.tolist()) == list(range(61)), mode              # every feature once
+    rows = {a["input_ids"].shape[0] for a, _, _ in batches}
+    assert len(rows) == 1 and rows.pop() <= 8, mode                      # one shape, <= batch
+    if mode != "pack":                                                   # 61 -> 8 x 8 = 64 rows
+      assert sum(a["input_ids"].shape[0] for a, _, _ in batches) == 64, mode
+
+
 def test_plan_row_counts_trades_compiles_for_rows():
   needed = [3] * 32 + [4] * 85 + [5] * 8                   # SST-2's first 4,000 rows, batch 32
   assert batching.plan_row_counts(needed, 1, 160) == (5,)  # one compile beats 141 extra rows
