@@ -190,7 +190,7 @@ class Dense(nn.Module):
     # two axes, which XLA:CPU lowers to its bf16 kernel (one contracted axis made it fall back to
     # f32). f32: one [B*S, H] x [H, N] product, whose backward XLA:CPU runs with fewer layout
     # copies: a MiniLM fine-tuning step 1.29x the tokens/s of the 3-D einsum on an AVX2 core,
-    # the same predictions (docs/performance.md).
+    # the same dev accuracy (docs/performance.md).
     if dtype == jnp.float32:
       y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel, preferred_element_type=jnp.float32
                   ).reshape(x.shape[:-1] + (self.features,))
