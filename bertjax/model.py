@@ -185,7 +185,6 @@ class Dense(nn.Module):
     dtype = dtype_of(self.config)
     kernel = self.param("kernel", weight_init(self.config), (x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    lead = "abcdefgh"[:x.ndim - 1]
     # bf16: x keeps its own shape ([B, S, H], not [B*S, H]): the kernel gradient then contracts
     # two axes, which XLA:CPU lowers to its bf16 kernel (one contracted axis made it fall back to
     # f32). f32: one [B*S, H] x [H, N] product, whose backward XLA:CPU runs with fewer layout
@@ -195,6 +194,7 @@ class Dense(nn.Module):
       y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel, preferred_element_type=jnp.float32
                   ).reshape(x.shape[:-1] + (self.features,))
     else:
+      lead = "abcdefgh"[:x.ndim - 1]
       y = matmul(f"{lead}k,kn->{lead}n", x, kernel, self.config)   # [..., features] f32
     return bias_add(y, bias).astype(dtype)
 
