@@ -47,18 +47,20 @@ def pool(seq: Array, pooler: Array, input_mask: Array, pooling: str) -> Array:
 
 def pool_packed(seq: Array, input_mask: Array, cls_positions: Array, pooling: str,
                 pooler_params: dict, config) -> Array:
-  """Each packed example's vector: [B, S, H], [B, S] ids, [B, K] -> [B, K, H] float32.
+  """Each packed example's vector: [B, K] slots -> [B, K, H] float32.
 
-  pooler: BERT's pooler tanh(W h_CLS + b) on each example's own [CLS] (the encoder's pooler
-  weights, computed as its Dense does); cls: h_CLS; mean: the mean over the tokens whose
-  input_mask is the slot's example id (k + 1). Empty slots give finite values (weight 0)."""
+  seq: the last layer, at cls_positions for pooler / cls ([B, K, H]: `reads_cls_only`), at
+  every position for mean ([B, S, H]). pooler: BERT's pooler tanh(W h_CLS + b) on each
+  example's own [CLS] (the encoder's pooler weights, computed as its Dense does); cls: h_CLS;
+  mean: the mean over the tokens whose input_mask ([B, S] ids) is the slot's example id (k + 1).
+  Empty slots give finite values (weight 0)."""
   if pooling == "mean":
     ids = jnp.arange(1, cls_positions.shape[1] + 1)                             # [K]
     onehot = (input_mask[:, :, None] == ids).astype(jnp.float32)               # [B, S, K]
     total = jnp.einsum("bsk,bsh->bkh", onehot, seq.astype(jnp.float32),
                        precision=jax.lax.Precision.HIGHEST)                   # [B, K, H]
     return total / jnp.maximum(onehot.sum(1), 1.0)[..., None]
-  cls = jnp.take_along_axis(seq, cls_positions[..., None], axis=1)            # [B, K, H]
+  cls = seq                                                                   # [B, K, H]
   if pooling == "cls":
     return cls.astype(jnp.float32)
   if pooling == "pooler":
@@ -68,9 +70,17 @@ def pool_packed(seq: Array, input_mask: Array, cls_positions: Array, pooling: st
   raise ValueError(f"unknown pooling {pooling!r}")
 
 
+def reads_cls_only(head) -> bool:
+  """Whether a head reads nothing of the last layer but the examples' [CLS] vectors: then the
+  encoder computes its last layer only there (BertEncoder's query_positions)."""
+  return getattr(head, "pooling", None) in ("pooler", "cls")
+
+
 class Encoded(NamedTuple):
   """What a head reads from the encoder."""
-  seq: Array                     # [B, S, H] last layer
+  # [B, S, H] last layer; a head that `reads_cls_only` gets it at the [CLS] positions only:
+  # [B, K, H] (cls_positions) for packed rows, else [B, 1, H]
+  seq: Array
   pooled: Array                  # [B, H] BERT's pooler output
   input_mask: Array              # [B, S] 0/1, or packed rows' example ids
   cls_positions: Optional[Array]  # [B, K] packed rows: where each example starts; else None
@@ -130,9 +140,16 @@ class FineTuneModel(nn.Module):
                cls_positions: Array | None = None):
     """cls_positions [B, K] (packed rows): sentence heads score each row's K examples."""
     c = self.config
+    head = self.family.head(c, self.num_labels, self.pooling)
+    query = None
+    if reads_cls_only(head):
+      # Only the [CLS] vectors reach the head: the last layer's query, attention output and FFN
+      # run at those positions only (a sixth of MiniLM-L6's matmuls). Packed rows' first
+      # example starts at position 0, as the encoder's pooler requires.
+      query = (cls_positions if cls_positions is not None
+               else jnp.zeros((input_ids.shape[0], 1), jnp.int32))          # [B, K] | [B, 1]
     encoder = BertEncoder(c, name="bert")
     seq, pooled = encoder(input_ids, segment_ids, input_mask, deterministic,
-                          position_ids=position_ids)                      # [B, S, H], [B, H]
+                          position_ids=position_ids, query_positions=query)  # [B, S|K|1, H], [B, H]
     pooler = encoder.variables["params"]["pooler"] if cls_positions is not None else None
-    head = self.family.head(c, self.num_labels, self.pooling)
     return head(Encoded(seq, pooled, input_mask, cls_positions, pooler), deterministic)

@@ -306,15 +306,19 @@ class SelfAttention(nn.Module):
   config: Any
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
-    """x [B, S, H]; mask [B, S, S] bool from `attention_mask` (True: query q may read key k)."""
+  def __call__(self, x: Array, mask: Array, deterministic: bool,
+               xq: Array | None = None) -> Array:
+    """x [B, S, H]; mask [B, Q, S] bool from `attention_mask` (True: query q may read key k);
+    xq [B, Q, H]: the queries' inputs (None: x itself, Q = S). -> [B, Q, H]."""
     c = self.config
     dtype = dtype_of(c)
     b, s, h = x.shape
     n = c.num_attention_heads
     d = h // n
     q_proj, k_proj, v_proj = (Dense(h, c, name=name) for name in ("query", "key", "value"))
-    if c.fused_qkv:
+    if xq is not None:
+      q, k, v = q_proj(xq), k_proj(x), v_proj(x)                    # [B, Q, H], 2 x [B, S, H]
+    elif c.fused_qkv:
       # One [H, 3H] matmul over the three kernels: same parameters, fewer, larger matmuls.
       for p in (q_proj, k_proj, v_proj):
         p(x[:, :1])  # materialise the params (cheap; its output is discarded)
@@ -325,7 +329,8 @@ class SelfAttention(nn.Module):
       q, k, v = jnp.split(qkv.astype(dtype), 3, axis=-1)                      # 3 x [B, S, H]
     else:
       q, k, v = q_proj(x), k_proj(x), v_proj(x)                               # 3 x [B, S, H]
-    q = q.reshape(b, s, n, d)                                                 # [B, S, N, D]
+    nq = q.shape[1]                                                           # Q
+    q = q.reshape(b, nq, n, d)                                                # [B, Q, N, D]
     k = k.reshape(b, s, n, d)
     v = v.reshape(b, s, n, d)
 
@@ -337,30 +342,41 @@ class SelfAttention(nn.Module):
       # dropout is inactive.
       impl = "cudnn" if c.attention_impl == "cudnn" else None
       ctx = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=impl)
-      ctx = ctx.astype(dtype)                                                 # [B, S, N, D]
+      ctx = ctx.astype(dtype)                                                 # [B, Q, N, D]
     else:
       scores = matmul("bqnd,bknd->bnqk", q, k, c) / jnp.sqrt(d).astype(jnp.float32)
-      # [B, N, S, S]; masked keys get a large negative score (0 probability after softmax).
+      # [B, N, Q, S]; masked keys get a large negative score (0 probability after softmax).
       scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
-      probs = jax.nn.softmax(scores, axis=-1).astype(dtype)                   # [B, N, S, S]
+      probs = jax.nn.softmax(scores, axis=-1).astype(dtype)                   # [B, N, Q, S]
       probs = Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-      ctx = matmul("bnqk,bknd->bqnd", probs, v, c).astype(dtype)             # [B, S, N, D]
-    return ctx.reshape(b, s, h)                                               # [B, S, H]
+      ctx = matmul("bnqk,bknd->bqnd", probs, v, c).astype(dtype)             # [B, Q, N, D]
+    return ctx.reshape(b, nq, h)                                              # [B, Q, H]
 
 
 class TransformerLayer(nn.Module):
-  """Post-LN layer: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+  """Post-LN layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)).
+
+  query_positions [B, Q] (None: every position): the layer's output only at these positions,
+  -> [B, Q, H]. Every position still serves as a key and value, so the outputs equal the full
+  layer's at those positions; what is saved is the rest of the layer (the query, attention
+  output and FFN matmuls of the other positions)."""
   config: Any
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+  def __call__(self, x: Array, mask: Array, deterministic: bool,
+               query_positions: Array | None = None) -> Array:
     c = self.config
     drop = Dropout(c.hidden_dropout_prob)
-    a = SelfAttention(c, name="attention")(x, mask, deterministic)               # [B, S, H]
+    xq = None
+    if query_positions is not None:
+      xq = jnp.take_along_axis(x, query_positions[..., None], axis=1)          # [B, Q, H]
+      mask = jnp.take_along_axis(mask, query_positions[..., None], axis=1)     # [B, Q, S]
+    a = SelfAttention(c, name="attention")(x, mask, deterministic, xq)         # [B, Q, H]
     a = Dense(c.hidden_size, c, name="attention_output")(a)
-    x = LayerNorm(c, name="attention_norm")(x + drop(a, deterministic=deterministic))
-    f = gelu(Dense(c.intermediate_size, c, name="intermediate")(x))   # [B, S, I]
-    f = Dense(c.hidden_size, c, name="output")(f)                     # [B, S, H]
+    x = LayerNorm(c, name="attention_norm")((x if xq is None else xq)
+                                            + drop(a, deterministic=deterministic))
+    f = gelu(Dense(c.intermediate_size, c, name="intermediate")(x))   # [B, Q, I]
+    f = Dense(c.hidden_size, c, name="output")(f)                     # [B, Q, H]
     return LayerNorm(c, name="output_norm")(x + drop(f, deterministic=deterministic))
 
 
@@ -371,10 +387,13 @@ class BertEncoder(nn.Module):
   @nn.compact
   def __call__(self, input_ids: Array, segment_ids: Array | None = None,
                input_mask: Array | None = None, deterministic: bool = True,
-               output_hidden_states: bool = False, position_ids: Array | None = None):
+               output_hidden_states: bool = False, position_ids: Array | None = None,
+               query_positions: Array | None = None):
     """input_mask [B, S]: 0 = padding, else the example each token belongs to (see
     `attention_mask`); position_ids [B, S] (None = 0..S-1 in every row; packed rows restart
-    them per example)."""
+    them per example). query_positions [B, Q]: the last layer only at these positions (a head
+    that reads only [CLS] vectors: sequence [B, Q, H], see `TransformerLayer`); its first
+    column must be 0, where the pooler reads."""
     c = self.config
     if segment_ids is None:
       segment_ids = jnp.zeros_like(input_ids)
@@ -385,8 +404,10 @@ class BertEncoder(nn.Module):
     mask = attention_mask(input_mask)                                         # [B, S, S]
     layer_cls = nn.remat(TransformerLayer, static_argnums=(3,)) if c.remat else TransformerLayer
     hidden = [x]
+    last = c.num_hidden_layers - 1
     for i in range(c.num_hidden_layers):
-      x = layer_cls(c, name=f"layer_{i}")(x, mask, deterministic)
+      x = layer_cls(c, name=f"layer_{i}")(x, mask, deterministic,
+                                          query_positions if i == last else None)
       hidden.append(x)
     pooled = jnp.tanh(Dense(c.hidden_size, c, name="pooler")(x[:, 0]).astype(jnp.float32))  # [B, H]
     if output_hidden_states:

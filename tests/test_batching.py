@@ -105,6 +105,39 @@ def test_first_fit_decreasing_places_every_item_within_capacity():
   assert len(bins) <= -(-lengths.sum() // 16) * 1.25 + 1                 # FFD packs tightly
 
 
+def test_slots_are_the_fewest_that_cost_no_rows():
+  assert batching.slot_choices(128) == (8, 16, 32, 64)
+  assert batching.slot_choices(16) == (8,)
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(2, 9, size=60)
+  for k in (3, 5):                                    # at most k a row, every item placed
+    bins = batching.first_fit_decreasing(lengths, 32, k)
+    assert max(map(len, bins)) <= k and sorted(i for b in bins for i in b) == list(range(60))
+    assert all(lengths[b].sum() <= 32 for b in bins)
+  assert batching.fewest_slots(128, lambda k: k >= 16) == 16
+  assert batching.fewest_slots(128, lambda k: False) == 64
+  # Evaluation: 8-12 token features in 64-token rows take 8 slots a row, not 32, and as many
+  # rows as unlimited slots would.
+  lengths = rng.integers(8, 13, size=60)
+  feats = {"input_ids": np.ones((60, 64), np.int32), "segment_ids": np.zeros((60, 64), np.int32),
+           "input_mask": (np.arange(64)[None] < lengths[:, None]).astype(np.int32)}
+  batches = list(batching.Batcher("pack", 64).eval_batches(feats, 64))
+  assert [a["cls_positions"].shape for a, _, _ in batches] == [
+      (len(batching.first_fit_decreasing(lengths, 64)), 8)]
+  # Training: the fewest slots with which no planned batch needs more rows.
+  from bertjax.tasks import featurize
+  it = batching.TrainBatches(feats, featurize.BatchIterator(feats, 30, seed=0),
+                             batching.Batcher("pack", 64))
+  counts = it.plan_rows(4, 160.0)
+  assert it.batcher.slots == 8 and {next(it)["cls_positions"].shape for _ in range(4)} == {
+      (counts[-1], 8)}
+  tight = {**feats, "input_mask": (np.arange(64)[None] < 2).astype(np.int32).repeat(60, 0)}
+  it = batching.TrainBatches(tight, featurize.BatchIterator(tight, 30, seed=0),
+                             batching.Batcher("pack", 64))
+  it.plan_rows(4, 160.0)                              # 30 two-token features fill one row
+  assert it.batcher.slots == 32 and next(it)["cls_positions"].shape == (1, 32)
+
+
 def _toy_features():
   s = 12
   lengths = [5, 3, 7, 4, 2]
@@ -224,6 +257,29 @@ def test_bucketed_and_packed_predictions_equal_padded(tmp_path, family, pooling)
   _, layout = batching.Batcher("pack", 16, (), 8).batch(feats, np.arange(len(lengths)))
   share = 1.0 if family == "span" else 0.75          # SQuAD windows mostly fill their rows
   assert len(set(layout.row.tolist())) < share * len(lengths)
+
+
+@pytest.mark.parametrize("pooling", ["pooler", "cls"])
+def test_packed_rows_with_fewer_slots_give_the_padded_predictions(tmp_path, pooling):
+  """32-token rows hold up to 10 short examples; evaluation packs them with 8 slots a row (not
+  16) and the encoder's last layer runs at those 8 slots only: the padded outputs still."""
+  task, extra = TASKS["classification"]
+  cfg = tiny_cfg(tmp_path, task, _write_family_data(tmp_path, "classification"),
+                 pooling=pooling, eval_batch_size=8, max_seq_length=32, **extra)
+  cfg.model.dtype = "float32"
+  cfg.model.initializer_range = 0.3
+  job = finetune.build(cfg)
+  params = job.task.init_params(jax.random.PRNGKey(1), next(job.task.train_iter))
+  feats = job.evals[0].features
+  packed = list(batching.Batcher("pack", 32, (), 8).eval_batches(feats, 8))
+  assert {a["cls_positions"].shape[1] for a, _, _ in packed} == {8}
+  assert max(a["example_weight"].sum(1).max() for a, _, _ in packed) > 2   # rows are shared
+  out = {}
+  for mode in ("pad", "pack"):
+    job.batcher = batching.Batcher(mode, 32, (), 8)
+    out[mode] = job.raw_outputs(params, feats)
+  assert np.abs(out["pad"]).max() > 0.1
+  np.testing.assert_allclose(out["pack"], out["pad"], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["classification", "regression"])

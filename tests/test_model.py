@@ -168,6 +168,32 @@ def test_parameter_counts(size, exact, published):
   assert count_params(BertForPreTraining(cfg), ids, ids, ids, None) == exact + heads
 
 
+@pytest.mark.parametrize("kw", [{"attention_impl": "einsum"}, {"attention_impl": "auto"},
+                                {"remat": True, "fused_qkv": True}])
+def test_last_layer_at_query_positions_equals_full_layer_gathered(params, batch, kw):
+  """query_positions: the last layer only at [B, Q] positions gives the full encoder's outputs
+  there, the same pooled vector, and the same gradients of anything read from them."""
+  cfg = small_cfg(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw)
+  enc = BertEncoder(cfg)
+  q = jnp.asarray([[0, 3, 9], [0, 1, 10], [0, 5, 5]], jnp.int32)              # [B, Q]
+  weights = jnp.asarray(np.random.default_rng(2).normal(size=(B, 3, 128)), jnp.float32)
+
+  def read(p, positions):
+    seq, pooled = enc.apply({"params": p}, batch["ids"], batch["seg"], batch["mask"], False,
+                            query_positions=positions)
+    if positions is None:
+      seq = jnp.take_along_axis(seq, q[..., None], axis=1)                    # [B, Q, H]
+    return (seq * weights).sum() + pooled.sum(), (seq, pooled)
+
+  (_, (seq_q, pooled_q)), g_q = jax.value_and_grad(read, has_aux=True)(params["bert"], q)
+  (_, (seq_f, pooled_f)), g_f = jax.value_and_grad(read, has_aux=True)(params["bert"], None)
+  assert seq_q.shape == (B, 3, 128)
+  np.testing.assert_allclose(seq_q, seq_f, atol=2e-5, rtol=0)
+  np.testing.assert_allclose(pooled_q, pooled_f, atol=2e-5, rtol=0)
+  for a, b in zip(jax.tree_util.tree_leaves(g_q), jax.tree_util.tree_leaves(g_f)):
+    np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("impl", ["einsum", "auto"])
 def test_packed_row_equals_each_example_alone(params, impl):
   """Two examples packed into one row (mask 1.. / 2.., positions restarting per example) give

@@ -12,10 +12,12 @@ feature's tokens are a prefix of its row. `Batcher.batch(features, idx)` lays th
                   small fixed set of row counts. input_mask carries the example id of each token
                   (1, 2, ... within a row; 0 = padding), which the model turns into
                   block-diagonal attention; position_ids restart at 0 per example. Example-level
-                  values sit in K = S // 2 slots per row ([R, K]; every feature has at least
-                  [CLS] and [SEP]): cls_positions (where each example starts), example_weight
-                  (1 = a real example), label / start_positions / end_positions (span positions
-                  are moved to the row's coordinates).
+                  values sit in K slots per row ([R, K]): cls_positions (where each example
+                  starts), example_weight (1 = a real example), label / start_positions /
+                  end_positions (span positions are moved to the row's coordinates). K is the
+                  fewest of 8, 16, 32 ... S // 2 (every feature has at least [CLS] and [SEP])
+                  that packs into no more rows than S // 2 would (`fewest_slots`): a head that
+                  reads only [CLS] computes the last layer at R x K positions.
 
 A `Layout` says where each feature of the batch went (row, slot, offset, length), so outputs
 map back to features (`unpack`). Rows added only to reach a row count hold one padding token
@@ -101,15 +103,17 @@ def plan_row_counts(needed: list[int], multiple: int, shape_cost_rows: float) ->
   return tuple(sorted(chosen))
 
 
-def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
-  """Bins of at most `capacity` tokens: longest first, each into the first bin it fits.
-  -> per bin, the positions (into `lengths`) it holds, in placement order."""
+def first_fit_decreasing(lengths: np.ndarray, capacity: int,
+                         max_items: Optional[int] = None) -> list[list[int]]:
+  """Bins of at most `capacity` tokens and `max_items` items: longest first, each into the
+  first bin it fits. -> per bin, the positions (into `lengths`) it holds, in placement order."""
   order = np.argsort(-lengths, kind="stable")
+  max_items = max_items or len(lengths)
   bins, room = [], []
   for i in order:
     n = int(lengths[i])
     for b, r in enumerate(room):
-      if n <= r:
+      if n <= r and len(bins[b]) < max_items:
         bins[b].append(int(i))
         room[b] -= n
         break
@@ -117,6 +121,21 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
       bins.append([int(i)])
       room.append(capacity - n)
   return bins
+
+
+def slot_choices(max_len: int) -> tuple[int, ...]:
+  """The slot counts K a packed row may have: 8, 16, 32 ... below S // 2, then S // 2."""
+  out, k = [], 8
+  while k < max_len // 2:
+    out.append(k)
+    k *= 2
+  return tuple(out) + (max_len // 2,)
+
+
+def fewest_slots(max_len: int, fits) -> int:
+  """The smallest of `slot_choices` for which `fits(K)` (packing with at most K examples a row
+  costs no rows), else S // 2, which costs none by definition."""
+  return next((k for k in slot_choices(max_len)[:-1] if fits(k)), max_len // 2)
 
 
 @dataclasses.dataclass
@@ -139,7 +158,7 @@ class Batcher:
       raise UserError(f"finetune.batching={mode!r}: use one of {', '.join(MODES)}")
     self.mode, self.max_len, self.row_multiple = mode, max_len, row_multiple
     self.buckets = tuple(buckets) or (max_len,)
-    self.slots = max_len // 2                                   # K
+    self.slots = max_len // 2    # K: training batches' slots (TrainBatches.plan_rows)
     self.row_counts: tuple[int, ...] = ()   # pack: planned counts (plan_row_counts); () = round_rows
 
   def rows_for(self, bins: int) -> int:
@@ -148,10 +167,11 @@ class Batcher:
     return next((r for r in self.row_counts if r >= bins), None) or round_rows(bins,
                                                                               self.row_multiple)
 
-  def bins_needed(self, feats: dict, idx: np.ndarray) -> int:
-    """Rows the features `idx` pack into (no arrays built)."""
+  def bins_needed(self, feats: dict, idx: np.ndarray, slots: Optional[int] = None) -> int:
+    """Rows the features `idx` pack into, at most `slots` (default self.slots) a row (no arrays
+    built)."""
     lengths = feats["input_mask"][np.asarray(idx, np.int64)].sum(1).astype(np.int64)
-    return len(first_fit_decreasing(lengths, self.max_len))
+    return len(first_fit_decreasing(lengths, self.max_len, slots or self.slots))
 
   def length_of(self, longest: int) -> int:
     if self.mode == "bucket":
@@ -160,14 +180,16 @@ class Batcher:
 
   # ---- one batch
   def batch(self, feats: dict, idx: np.ndarray, rows: Optional[int] = None,
-            bins: Optional[list[list[int]]] = None) -> tuple[dict, Layout]:
+            bins: Optional[list[list[int]]] = None,
+            slots: Optional[int] = None) -> tuple[dict, Layout]:
     """Features `idx` -> (arrays, layout). pad/bucket: one feature a row, `rows` rows (default
-    len(idx); extra rows are padding). pack: the rows of `bins` (positions into idx; default
-    first-fit decreasing), `rows` rows (default: their number rounded by `round_rows`)."""
+    len(idx); extra rows are padding). pack: the rows of `bins` (positions into idx, at most
+    `slots` each (default self.slots); default first-fit decreasing), `rows` rows (default:
+    their number rounded by `round_rows`)."""
     idx = np.asarray(idx, np.int64)
     lengths = feats["input_mask"][idx].sum(1).astype(np.int64)                 # [n]
     if self.mode == "pack":
-      return self._packed(feats, idx, lengths, rows, bins)
+      return self._packed(feats, idx, lengths, rows, bins, slots or self.slots)
     n = len(idx)
     width = self.length_of(int(lengths.max(initial=1)))                       # L
     out = {k: feats[k][idx, :width] for k in TOKEN_KEYS if k in feats}        # [n, L]
@@ -177,11 +199,11 @@ class Batcher:
     zeros = np.zeros(n, np.int64)
     return out, Layout(np.arange(n), zeros, zeros, lengths, packed=False)
 
-  def _packed(self, feats, idx, lengths, rows, bins):
-    s, k_slots = self.max_len, self.slots
-    bins = bins if bins is not None else first_fit_decreasing(lengths, s)
+  def _packed(self, feats, idx, lengths, rows, bins, k_slots):
+    s = self.max_len
+    bins = bins if bins is not None else first_fit_decreasing(lengths, s, k_slots)
     r = rows or self.rows_for(len(bins))
-    assert len(bins) <= r, (len(bins), r)
+    assert len(bins) <= r and max(map(len, bins), default=0) <= k_slots, (len(bins), r)
     n = len(idx)
     row, slot, offset = (np.zeros(n, np.int64) for _ in range(3))
     out = {k: np.zeros((r, s), feats[k].dtype) for k in TOKEN_KEYS if k in feats}
@@ -240,7 +262,16 @@ class Batcher:
         arrays, layout = self.batch(feats, idx, rows=batch_size)
         yield arrays, idx, layout
       return
+    # The whole set packed once, with the fewest slots that cost no rows (`fewest_slots`).
     bins = first_fit_decreasing(lengths, self.max_len)
+    found = {}
+
+    def fits(k):
+      found[k] = first_fit_decreasing(lengths, self.max_len, k)
+      return len(found[k]) <= len(bins)
+
+    slots = fewest_slots(self.max_len, fits)
+    bins = found.get(slots, bins)
     batch_size = self.even_rows(len(bins), batch_size)
     for i in range(0, len(bins), batch_size):
       group = bins[i:i + batch_size]
@@ -249,7 +280,7 @@ class Batcher:
       for b in group:
         local.append(list(range(start, start + len(b))))
         start += len(b)
-      arrays, layout = self.batch(feats, idx, rows=batch_size, bins=local)
+      arrays, layout = self.batch(feats, idx, rows=batch_size, bins=local, slots=slots)
       yield arrays, idx, layout
 
 
@@ -285,20 +316,30 @@ class TrainBatches:
     self.process_index, self.process_count = process_index, process_count
 
   def plan_rows(self, steps: int, shape_cost_rows: float) -> tuple[int, ...]:
-    """pack: choose the batcher's row counts from the run's own first `steps` batches (the
-    order from its start state, so a resumed run plans the same shapes); the order is left
-    where it was. -> the chosen counts (() when not packing or shape_cost_rows <= 0)."""
-    if self.batcher.mode != "pack" or shape_cost_rows <= 0 or steps <= 0:
+    """pack: choose the batcher's row counts and slots from the run's own first `steps`
+    batches (the order from its start state, so a resumed run plans the same shapes); the
+    order is left where it was. Row counts: `plan_row_counts` (shape_cost_rows <= 0: fixed,
+    `round_rows`); slots: the fewest with which no planned batch needs a larger row count.
+    -> the chosen counts (() when not packing or shape_cost_rows <= 0)."""
+    b = self.batcher
+    if b.mode != "pack" or steps <= 0:
       return ()
     saved = self.order.get_state()
     try:
-      needed = [self.batcher.bins_needed(self.features, self.order.next_indices())
-                for _ in range(steps)]
+      batches = [self.order.next_indices() for _ in range(steps)]
     finally:
       self.order.set_state(saved)
-    self.batcher.row_counts = plan_row_counts(needed, self.batcher.row_multiple,
-                                              shape_cost_rows)
-    return self.batcher.row_counts
+    full = max(slot_choices(b.max_len))
+    needed = [b.bins_needed(self.features, idx, full) for idx in batches]
+    if shape_cost_rows > 0:
+      b.row_counts = plan_row_counts(needed, b.row_multiple, shape_cost_rows)
+
+    def fits(k):
+      return all(b.rows_for(b.bins_needed(self.features, idx, k)) <= b.rows_for(n)
+                 for idx, n in zip(batches, needed))
+
+    b.slots = fewest_slots(b.max_len, fits)
+    return b.row_counts
 
   def __iter__(self):
     return self
