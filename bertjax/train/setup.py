@@ -36,7 +36,7 @@ class Pieces:
     """A fresh TrainState from train.seed, initialised directly into its shardings; `load`
     (e.g. the task's load_pretrained) puts pretrained values in (train.state.create_state)."""
     return create_state(self.task.init_params, self.tx, self.cfg.train.seed, self.example,
-                        self.mesh, load=load)
+                        self.mesh, load=load, abstract=(self.abstract, self.shardings))
 
   def make_step(self, *, donate: bool = True) -> StepFn:
     """The jitted train step of config.train (accumulation, NaN policy, reduction)."""
