@@ -156,7 +156,7 @@ def finetune_steps(cfg, mesh) -> list:
   loss, the freeze predicate -- without reading the task's files: only shapes matter here.
   Tasks whose labels come from the data (conll2003, tsv...) get a 9-way head (CoNLL NER's).
   """
-  from bertjax.heads import FineTuneModel
+  from bertjax.heads import FineTuneModel, reads_cls_only
   from bertjax.tasks import families, registry
   from bertjax.tasks import finetune as ft
   from bertjax.train.task import TrainTask
@@ -179,9 +179,11 @@ def finetune_steps(cfg, mesh) -> list:
                 for k, (per, dtype) in fam.targets.items()})
   step, state, abatch = _train_step(task, cfg, mesh, batch)
   # Encoder FLOPs (the formula without MLM predictions); the task head is a few H x C matmuls.
+  # A head that reads only [CLS] gets the last layer at that one position of each padded row.
   frozen = "" if f.freeze == "none" else f", freeze={f.freeze}: the formula counts a full backward"
+  queries = 1 if reads_cls_only(fam.head(cfg.model, num_labels, f.pooling)) else 0
   return [(f"finetune {spec.name} (S={s}{frozen})", step, state, abatch,
-           mlib.bert_pretraining_flops(cfg.model, b, s, 0))]
+           mlib.bert_pretraining_flops(cfg.model, b, s, 0, last_layer_queries=queries))]
 
 
 # --------------------------------------------------------------- compile and measure

@@ -36,17 +36,25 @@ def peak_flops_per_device(override_tflops: float = 0.0) -> Optional[float]:
   return None
 
 
-def bert_pretraining_flops(model_cfg, batch: int, seq: int, preds: int) -> float:
+def bert_pretraining_flops(model_cfg, batch: int, seq: int, preds: int,
+                           last_layer_queries: int = 0) -> float:
   """Model FLOPs of one training step (forward + backward = 3 x forward) of BertForPreTraining.
 
   Per token and layer: 2 x (4H^2 attention projections + 2HI FFN) matmul FLOPs + 4SH for the
   scores and context; the MLM head runs only on P positions per sequence (H^2 + HV).
+  last_layer_queries Q > 0: the last layer runs at Q positions per sequence only (a head that
+  reads only [CLS], BertEncoder's query_positions): keys and values at all S, the query,
+  attention output, FFN, scores and context at Q.
   """
   h, i, v, l = (model_cfg.hidden_size, model_cfg.intermediate_size, model_cfg.vocab_size,
                 model_cfg.num_hidden_layers)
-  per_token = l * (2 * (4 * h * h + 2 * h * i) + 4 * seq * h)
+  layer = 2 * (4 * h * h + 2 * h * i) + 4 * seq * h                  # per token
+  encoder = seq * l * layer                                           # per sequence
+  if last_layer_queries:
+    q = last_layer_queries
+    encoder += seq * 2 * 2 * h * h + q * (2 * (2 * h * h + 2 * h * i) + 4 * seq * h) - seq * layer
   head = preds * 2 * (h * h + h * v) + 2 * h * h + 2 * h * 2   # per sequence, + pooler + NSP
-  return 3.0 * batch * (seq * per_token + head)
+  return 3.0 * batch * (encoder + head)
 
 
 class MetricsWriter:
