@@ -143,8 +143,9 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   optax selects per element between t and t / norm * max_norm, so every element pays a divide
   whether or not clipping acts, once in each Adam moment that reads the clipped gradient: on an
   AVX2 XLA:CPU core that made clipping + AdamW over MiniLM's 22.9M weights 90 ms an update,
-  against 33 ms with one factor (benchmarks/bench_optim.py, results.md). Identical updates when no clipping happens;
-  otherwise equal up to the rounding of t x (max_norm / norm) against (t / norm) x max_norm.
+  against 33 ms with one factor (benchmarks/bench_optim.py, results.md). Identical updates
+  when no clipping happens; otherwise equal up to the rounding of t x (max_norm / norm)
+  against (t / norm) x max_norm.
   The state is optax's empty state, so checkpoints are unchanged."""
   def update(updates, state, params=None):
     del params

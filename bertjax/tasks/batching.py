@@ -264,9 +264,12 @@ class Batcher:
       return
     # The whole set packed once, with the fewest slots that cost no rows (`fewest_slots`).
     bins = first_fit_decreasing(lengths, self.max_len)
+    most = max(map(len, bins))
     found = {}
 
     def fits(k):
+      if k >= most:            # the cap never binds: these very bins, no second packing
+        return True
       found[k] = first_fit_decreasing(lengths, self.max_len, k)
       return len(found[k]) <= len(bins)
 
@@ -329,8 +332,7 @@ class TrainBatches:
       batches = [self.order.next_indices() for _ in range(steps)]
     finally:
       self.order.set_state(saved)
-    full = max(slot_choices(b.max_len))
-    needed = [b.bins_needed(self.features, idx, full) for idx in batches]
+    needed = [b.bins_needed(self.features, idx, b.max_len // 2) for idx in batches]
     if shape_cost_rows > 0:
       b.row_counts = plan_row_counts(needed, b.row_multiple, shape_cost_rows)
 

@@ -48,11 +48,11 @@ def bert_pretraining_flops(model_cfg, batch: int, seq: int, preds: int,
   """
   h, i, v, l = (model_cfg.hidden_size, model_cfg.intermediate_size, model_cfg.vocab_size,
                 model_cfg.num_hidden_layers)
-  layer = 2 * (4 * h * h + 2 * h * i) + 4 * seq * h                  # per token
-  encoder = seq * l * layer                                           # per sequence
-  if last_layer_queries:
-    q = last_layer_queries
-    encoder += seq * 2 * 2 * h * h + q * (2 * (2 * h * h + 2 * h * i) + 4 * seq * h) - seq * layer
+  kv = 2 * 2 * h * h                                     # per token: key and value projections
+  rest = 2 * (2 * h * h + 2 * h * i) + 4 * seq * h       # per query: Q, output, FFN, attention
+  full = l * seq * (kv + rest)                                        # per sequence
+  q = last_layer_queries
+  encoder = full - (seq - q) * rest if q else full
   head = preds * 2 * (h * h + h * v) + 2 * h * h + 2 * h * 2   # per sequence, + pooler + NSP
   return 3.0 * batch * (encoder + head)
 
